@@ -1,0 +1,172 @@
+"""Log the angles between objectives' gradients, and between each and the applied update."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_mtl.callbacks.base import SHARED_SCOPE, ObjectiveGradientCallback
+from lightning_mtl.engine.geometry import cosine_matrix, cosines_to, degrees
+from lightning_mtl.engine.scope import submodule_parameters
+
+
+class GradientAngleLogger(ObjectiveGradientCallback):
+    """Every ``every_n_steps`` steps, log gradient angles between objectives.
+
+    Logged, for each pair of objectives ``a``, ``b``: ``angle/a~b`` (degrees) and ``cos/a~b``;
+    for each objective and the applied update (the balanced gradient written to ``.grad``):
+    ``angle/a~update``. Each is logged per step and as its per-epoch mean (the ``_epoch``
+    suffix), which is the measure seed 000's table 4 reports. At each epoch end, a heatmap of the
+    mean pairwise cosines goes to TensorBoard when a ``TensorBoardLogger`` is in use, and the
+    epoch's mean angles are appended to :attr:`history`.
+
+    Steps off the cadence cost nothing: the mixin computes per-objective gradients only on the
+    steps this callback asks for, and reuses the strategy's own when their scopes coincide.
+
+    Args:
+        every_n_steps: the cadence, in optimizer steps.
+        scope: submodule names whose parameters are measured (e.g. the last transformer block);
+            ``None`` measures the balanced scope.
+        log_update: also log each objective's angle to the applied update.
+        heatmap: log the pairwise-cosine heatmap at each epoch end.
+
+    Example::
+
+        >>> logger = GradientAngleLogger(every_n_steps=10, scope=["backbone.blocks.11"])
+        >>> logger.scope_key
+        'angles:backbone.blocks.11'
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        scope: Sequence[str] | None = None,
+        log_update: bool = True,
+        heatmap: bool = True,
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive integer; got {every_n_steps}.")
+        if scope is not None and (isinstance(scope, str) or not scope):
+            raise ValueError("scope must be a non-empty list of submodule names, or None.")
+        self.every_n_steps = every_n_steps
+        self.scope = list(scope) if scope is not None else None
+        self.log_update = log_update
+        self.heatmap = heatmap
+        self.scope_key = SHARED_SCOPE if scope is None else "angles:" + ",".join(scope)
+        self.history: list[dict[str, float]] = []
+        self._parameters: list[nn.Parameter] | None = None
+        self._cosine_sum: Tensor | None = None
+        self._angle_sums: dict[str, Tensor] = {}
+        self._count = 0
+        self._names: tuple[str, ...] = ()
+
+    @override
+    def wants_objective_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        return trainer.global_step % self.every_n_steps == 0
+
+    @override
+    def objective_gradient_parameters(
+        self, pl_module: pl.LightningModule
+    ) -> Sequence[nn.Parameter] | None:
+        if self.scope is None:
+            return None
+        if self._parameters is None:
+            self._parameters = submodule_parameters(pl_module, self.scope)
+        return self._parameters
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        gradients = getattr(pl_module, "objective_gradients", {}).get(self.scope_key)
+        if gradients is None:
+            return
+        pl_module.objective_gradients.pop(self.scope_key)  # type: ignore[union-attr]
+        names = gradients.names
+        cosines = cosine_matrix(gradients.jacobian)
+        angles = degrees(cosines)
+        values: dict[str, Tensor] = {}
+        for i, first in enumerate(names):
+            for j in range(i + 1, len(names)):
+                values[f"angle/{first}~{names[j]}"] = angles[i, j]
+                values[f"cos/{first}~{names[j]}"] = cosines[i, j]
+        if self.log_update:
+            to_update = degrees(cosines_to(gradients.jacobian, gradients.update))
+            for name, angle in zip(names, to_update):
+                values[f"angle/{name}~update"] = angle
+        for key, value in values.items():
+            pl_module.log(key, value, on_step=True, on_epoch=True, batch_size=1)
+        if names != self._names:
+            self._reset(names)
+        self._cosine_sum = cosines if self._cosine_sum is None else self._cosine_sum + cosines
+        for key, value in values.items():
+            if key.startswith("angle/"):
+                self._angle_sums[key] = self._angle_sums.get(key, 0.0) + value.detach()
+        self._count += 1
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._count == 0 or self._cosine_sum is None:
+            return
+        self.history.append(
+            {key: float(total) / self._count for key, total in self._angle_sums.items()}
+        )
+        if self.heatmap and trainer.is_global_zero:
+            mean = (self._cosine_sum / self._count).cpu()
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_figure(
+                        "gradient_cosines", cosine_heatmap(self._names, mean), trainer.current_epoch
+                    )
+        self._reset(self._names)
+
+    def _reset(self, names: tuple[str, ...]) -> None:
+        self._names = names
+        self._cosine_sum = None
+        self._angle_sums = {}
+        self._count = 0
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+
+
+def cosine_heatmap(names: Sequence[str], cosines: Tensor) -> Figure:
+    """A heatmap figure of a ``[T, T]`` cosine matrix (red: conflict, blue: agreement).
+
+    Example::
+
+        >>> import torch
+        >>> figure = cosine_heatmap(["cls", "rep"], torch.tensor([[1.0, -0.5], [-0.5, 1.0]]))
+        >>> figure.axes[0].get_title()
+        'Mean gradient cosine'
+    """
+    size = 2.0 + 0.5 * len(names)
+    figure = Figure(figsize=(size + 1.0, size))
+    axes = figure.add_subplot()
+    image = axes.imshow(cosines.numpy(), cmap="RdBu", vmin=-1.0, vmax=1.0)
+    axes.set_xticks(range(len(names)), labels=list(names), rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), labels=list(names))
+    if len(names) <= 12:
+        for i in range(len(names)):
+            for j in range(len(names)):
+                axes.text(j, i, f"{float(cosines[i, j]):.2f}", ha="center", va="center", fontsize=8)
+    axes.set_title("Mean gradient cosine")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,62 @@
+"""The ``lightning-mtl`` command: LightningCLI over the package's models and data modules.
+
+Example::
+
+    lightning-mtl fit --config recipes/digits_pgi.yaml
+    lightning-mtl fit --config recipes/digits_pgi.yaml --model.init_args.strategy.alpha 0.35
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+
+
+class MultiObjectiveCLI(LightningCLI):
+    """LightningCLI that, after ``fit``, tests the trained model and prints a metrics table."""
+
+    def after_fit(self) -> None:
+        fitted = dict(self.trainer.callback_metrics)
+        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        if self.trainer.is_global_zero:
+            Console().print(metrics_table({**fitted, **self.trainer.callback_metrics}))
+
+
+def metrics_table(metrics: Mapping[str, Tensor | float]) -> Table:
+    """A table of the final metrics, one row each, sorted by name.
+
+    Example::
+
+        >>> table = metrics_table({"val/acc": 0.9, "angle/a~b": 80.0, "angle/a~b_epoch": 85.0})
+        >>> [cell for cell in table.columns[0].cells]
+        ['angle/a~b_epoch', 'val/acc']
+    """
+    table = Table(title="Final metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in sorted(metrics):
+        # Per-step values are noisy and bare names duplicate their epoch means: keep the means.
+        if name.endswith("_step") or f"{name}_epoch" in metrics:
+            continue
+        table.add_row(name, f"{float(metrics[name]):.4f}")
+    return table
+
+
+def main() -> None:
+    """Entry point of the ``lightning-mtl`` console script."""
+    MultiObjectiveCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

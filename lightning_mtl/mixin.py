@@ -1,0 +1,370 @@
+"""The LightningModule mixin: named objectives in, balanced gradients and an optimizer step out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_mtl.callbacks.base import SHARED_SCOPE, ObjectiveGradientCallback
+from lightning_mtl.engine.balance import Backend, GradientEngine, ObjectiveGradients, Scope
+from lightning_mtl.engine.scope import shared_parameters, submodule_parameters, used_parameters
+from lightning_mtl.objectives import ObjectiveGroups, Objectives, check_groups, check_losses, combine
+from lightning_mtl.strategies.base import GradientBalancingStrategy, TrainingProgress
+
+ScopeSpec = Literal["shared", "representation"] | Sequence[str]
+
+CHECKPOINT_KEY = "lightning_mtl"
+
+
+class NonFiniteObjectiveError(FloatingPointError):
+    """An objective was NaN or infinite (raised with ``nonfinite="raise"``)."""
+
+
+class MultiObjectiveMixin:
+    """Mix into a ``LightningModule`` to train named objectives with a balancing strategy.
+
+    Put the mixin *before* ``LightningModule`` in the bases, call :meth:`configure_balancing`
+    in ``__init__`` and implement :meth:`compute_objectives`. The mixin owns ``training_step``
+    under manual optimisation: it asks the engine for what the strategy needs (nothing beyond
+    one backward pass for loss-only strategies), writes ``.grad``, steps the single optimizer and
+    the LR schedulers (``interval`` ``"step"`` or ``"epoch"``, with ``frequency``), and logs
+    every loss, every group and the total. It works under ``32-true``, ``bf16-mixed``,
+    ``16-mixed`` (losses scaled through the Trainer's scaler, clipping after unscaling) and DDP.
+
+    If you override ``on_train_epoch_end``, ``on_before_optimizer_step``,
+    ``on_save_checkpoint`` or ``on_load_checkpoint``, call ``super()``.
+
+    Example::
+
+        >>> import torch
+        >>> import lightning.pytorch as pl
+        >>> from lightning_mtl import MultiObjectiveMixin
+        >>> from lightning_mtl.strategies import PGI
+        >>> class TwoHeads(MultiObjectiveMixin, pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.trunk = torch.nn.Linear(4, 8)
+        ...         self.cls, self.rep = torch.nn.Linear(8, 1), torch.nn.Linear(8, 1)
+        ...         self.configure_balancing(PGI(alpha=0.35))
+        ...     def compute_objectives(self, batch, batch_idx):
+        ...         z = self.trunk(batch[0]).relu()
+        ...         return {"cls": self.cls(z).pow(2).mean(), "rep": self.rep(z).abs().mean()}
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)))
+        >>> trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+        ...                      enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(TwoHeads(), data)
+        >>> trainer.global_step
+        2
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        lightning_bases = [i for i, base in enumerate(mro) if base is LightningModule]
+        if lightning_bases and lightning_bases[0] < mro.index(MultiObjectiveMixin):
+            raise TypeError(
+                f"{cls.__name__} lists LightningModule before MultiObjectiveMixin, so the "
+                "LightningModule's hooks would hide the mixin's; put the mixin first: "
+                f"class {cls.__name__}(MultiObjectiveMixin, LightningModule)."
+            )
+
+    balancing_strategy: GradientBalancingStrategy | None = None
+    balancing_override: GradientBalancingStrategy | None = None
+    """A strategy used instead of :attr:`balancing_strategy` (set by warm-up callbacks)."""
+
+    def configure_balancing(
+        self,
+        strategy: GradientBalancingStrategy,
+        *,
+        scope: ScopeSpec = "shared",
+        groups: ObjectiveGroups | None = None,
+        nonfinite: Literal["raise", "skip"] = "raise",
+        nonfinite_check_every_n_steps: int | None = None,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Literal["norm", "value"] = "norm",
+        jacobian_chunk_size: int | None = None,
+    ) -> None:
+        """Choose the strategy and how objectives and gradients are formed.
+
+        Args:
+            strategy: the balancing strategy.
+            scope: what the strategy balances. ``"shared"``: the parameters that more than one
+                objective depends on; ``"representation"``: the gradients with respect to the
+                tensor that ``compute_objectives`` designates with
+                :class:`~lightning_mtl.Objectives`; or a list of submodule names. Parameters
+                outside the scope get the gradient of the plain sum of the objectives.
+            groups: group name → {loss name: weight}; each group is one objective for the
+                strategy (e.g. PGI's ``L_s`` and ``L_u``). ``None``: every loss is an objective.
+            nonfinite: on a NaN or infinite loss, ``"raise"`` a
+                :class:`NonFiniteObjectiveError` naming it, or ``"skip"`` the step with a warning.
+            nonfinite_check_every_n_steps: with ``"raise"``, check every this many steps
+                (each check is one host synchronisation); default the Trainer's
+                ``log_every_n_steps``. ``"skip"`` checks every step, as it must.
+            gradient_clip_val: clip the balanced gradient (after unscaling under ``16-mixed``).
+            gradient_clip_algorithm: ``"norm"`` or ``"value"``.
+            jacobian_chunk_size: objectives per batched backward pass when per-objective
+                gradients are computed; lower it to save memory.
+        """
+        if not isinstance(strategy, GradientBalancingStrategy):
+            raise TypeError(
+                f"strategy must be a GradientBalancingStrategy; got {type(strategy).__name__}."
+            )
+        if isinstance(scope, str) and scope not in ("shared", "representation"):
+            scope = [scope]
+        if not isinstance(scope, str) and not scope:
+            raise ValueError("scope names no submodule; pass 'shared' or submodule names.")
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip'; got {nonfinite!r}.")
+        if nonfinite_check_every_n_steps is not None and nonfinite_check_every_n_steps < 1:
+            raise ValueError("nonfinite_check_every_n_steps must be a positive integer.")
+        if gradient_clip_val is not None and not (
+            math.isfinite(gradient_clip_val) and gradient_clip_val > 0
+        ):
+            raise ValueError(f"gradient_clip_val must be positive; got {gradient_clip_val}.")
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError("gradient_clip_algorithm must be 'norm' or 'value'.")
+        self.balancing_strategy = strategy
+        self.balancing_scope: ScopeSpec = scope if isinstance(scope, str) else list(scope)
+        self.objective_groups = check_groups(groups) if groups is not None else None
+        self.nonfinite = nonfinite
+        self.nonfinite_check_every_n_steps = nonfinite_check_every_n_steps
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.gradient_engine = GradientEngine(jacobian_chunk_size)
+        self.objective_gradients: dict[str, ObjectiveGradients] = {}
+        self._scope_cache: dict[tuple[str, ...], tuple[list[nn.Parameter], list[nn.Parameter]]] = {}
+        self._prepared: dict[int, tuple[str, ...]] = {}
+        self._total_steps: int | None = None
+
+    def compute_objectives(self, batch: Any, batch_idx: int) -> Mapping[str, Tensor] | Objectives:
+        """Return the named scalar losses of this batch (or :class:`~lightning_mtl.Objectives`).
+
+        Override this instead of ``training_step``.
+        """
+        raise TypeError(f"{type(self).__name__} must implement compute_objectives(batch, batch_idx).")
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """Always ``False``: the mixin steps the optimizer itself."""
+        return False
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        if value:
+            raise ValueError(
+                "MultiObjectiveMixin needs manual optimisation: it computes the balanced gradient "
+                "and steps the optimizer itself. Do not set automatic_optimization = True."
+            )
+
+    @property
+    def active_balancing_strategy(self) -> GradientBalancingStrategy:
+        """The strategy used on the coming step: the override if set, else the configured one."""
+        strategy = self.balancing_override or self.balancing_strategy
+        if strategy is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no strategy: call self.configure_balancing(strategy) "
+                "in __init__."
+            )
+        return strategy
+
+    # --- Lightning hooks -------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        module: Any = self
+        if type(self).compute_objectives is MultiObjectiveMixin.compute_objectives:
+            raise TypeError(f"{type(self).__name__} must implement compute_objectives().")
+        self.active_balancing_strategy  # noqa: B018 - raises when none is configured
+        if len(module.trainer.optimizers) != 1:
+            raise ValueError(
+                "MultiObjectiveMixin steps exactly one optimizer; configure_optimizers returned "
+                f"{len(module.trainer.optimizers)}. Put all parameter groups in one optimizer."
+            )
+        total = module.trainer.estimated_stepping_batches
+        self._total_steps = int(total) if math.isfinite(total) else None
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        module: Any = self
+        trainer = module.trainer
+        output = self.compute_objectives(batch, batch_idx)
+        losses = check_losses(output)
+        representation = output.representation if isinstance(output, Objectives) else None
+        names, objective_list = combine(losses, self.objective_groups)
+        objectives = torch.stack(objective_list)
+        self._log_objectives(losses, names, objectives)
+        if not self._finite_or_skip(losses, trainer.global_step, trainer.log_every_n_steps):
+            return None
+
+        strategy = self.active_balancing_strategy
+        if self._prepared.get(id(strategy)) != names:
+            strategy.setup(names)
+            self._prepared[id(strategy)] = names
+        observers = [
+            callback
+            for callback in trainer.callbacks
+            if isinstance(callback, ObjectiveGradientCallback)
+            and callback.wants_objective_gradients(trainer, module)
+        ]
+        needs_scope = strategy.requirement.value != "losses" or any(
+            callback.objective_gradient_parameters(module) is None for callback in observers
+        )
+        scope = self._scope(names, objective_list, representation) if needs_scope else Scope()
+        optimizer = module.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.objective_gradients = self.gradient_engine.step(
+            names,
+            objectives,
+            strategy,
+            scope,
+            self._progress(),
+            self._backend(),
+            observed={
+                callback.scope_key: callback.objective_gradient_parameters(module)
+                for callback in observers
+            },
+        )
+        optimizer.step()
+        self._step_schedulers("step")
+        for key, value in strategy.log_values().items():
+            module.log(f"balancing/{key}", value)
+        return objectives.detach().sum()
+
+    def on_train_epoch_end(self) -> None:
+        self._step_schedulers("epoch")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this after the 16-mixed scaler has unscaled the gradients, which is
+        # where clipping must happen (clip_gradients in training_step would clip scaled values).
+        if self.gradient_clip_val is not None:
+            module: Any = self
+            module.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.gradient_clip_val,
+                gradient_clip_algorithm=self.gradient_clip_algorithm,
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"strategy": self.active_strategy_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is not None and self.balancing_strategy is not None:
+            self.balancing_strategy.load_state_dict(state["strategy"])
+
+    def active_strategy_state(self) -> dict[str, Any]:
+        """The configured strategy's state, as saved in checkpoints."""
+        return self.balancing_strategy.state_dict() if self.balancing_strategy else {}
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _log_objectives(
+        self, losses: Mapping[str, Tensor], names: tuple[str, ...], objectives: Tensor
+    ) -> None:
+        module: Any = self
+        for name, loss in losses.items():
+            module.log(f"train/{name}", loss.detach())
+        if self.objective_groups is not None:
+            for name, value in zip(names, objectives.detach()):
+                module.log(f"train/{name}", value)
+        module.log("train/loss", objectives.detach().sum(), prog_bar=True)
+
+    def _finite_or_skip(self, losses: Mapping[str, Tensor], step: int, log_every: int) -> bool:
+        every = self.nonfinite_check_every_n_steps or max(log_every, 1)
+        if self.nonfinite == "raise" and step % every != 0:
+            return True
+        finite = torch.isfinite(torch.stack([loss.detach() for loss in losses.values()]))
+        if bool(finite.all()):
+            return True
+        bad = [name for name, ok in zip(losses, finite.tolist()) if not ok]
+        message = f"objective(s) {bad} not finite at step {step}"
+        if self.nonfinite == "raise":
+            raise NonFiniteObjectiveError(
+                f"{message}. Lower the learning rate, check the inputs, or pass "
+                "configure_balancing(..., nonfinite='skip') to skip such steps."
+            )
+        rank_zero_warn(f"{message}; the step is skipped.")
+        return False
+
+    def _scope(
+        self,
+        names: tuple[str, ...],
+        objectives: Sequence[Tensor],
+        representation: Tensor | None,
+    ) -> Scope:
+        module: Any = self
+        if self.balancing_scope == "representation" and representation is None:
+            raise ValueError(
+                "scope='representation' needs compute_objectives to return "
+                "lightning_mtl.Objectives(losses, representation=features)."
+            )
+        if names not in self._scope_cache:
+            trainable = [p for p in module.parameters() if p.requires_grad]
+            if self.balancing_scope == "representation":
+                assert representation is not None
+                inner = used_parameters([representation], trainable)
+            elif self.balancing_scope == SHARED_SCOPE:
+                inner = shared_parameters(objectives, trainable)
+                if not inner:
+                    raise ValueError(
+                        f"no parameter is shared by more than one of the objectives {list(names)}; "
+                        "name the scope's submodules with configure_balancing(scope=[...])."
+                    )
+            else:
+                inner = submodule_parameters(module, self.balancing_scope)
+            inside = {id(p) for p in inner}
+            outside = [p for p in used_parameters(objectives, trainable) if id(p) not in inside]
+            self._scope_cache[names] = (inner, outside)
+        inner, outside = self._scope_cache[names]
+        if self.balancing_scope == "representation":
+            return Scope(representation=representation, trunk=inner, others=outside)
+        return Scope(parameters=inner, others=outside)
+
+    def _progress(self) -> TrainingProgress:
+        trainer: Any = self.trainer  # type: ignore[attr-defined]
+        return TrainingProgress(
+            step=trainer.global_step,
+            epoch=trainer.current_epoch,
+            total_steps=self._total_steps,
+            total_epochs=trainer.max_epochs if trainer.max_epochs not in (None, -1) else None,
+        )
+
+    def _backend(self) -> Backend:
+        module: Any = self
+        trainer = module.trainer
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        scale = None
+        if scaler is not None and scaler.is_enabled():
+            # scale(ones) reads the current scale as a device tensor, without a host sync.
+            scale = scaler.scale(torch.ones((), device=module.device))
+        return Backend(
+            loss_scale=scale,
+            backward=module.manual_backward,
+            world_size=trainer.world_size,
+            rank=trainer.global_rank,
+            all_reduce_sum=lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum"),
+            all_gather=trainer.strategy.all_gather,
+        )
+
+    def _step_schedulers(self, interval: str) -> None:
+        module: Any = self
+        trainer = module.trainer
+        count = trainer.global_step if interval == "step" else trainer.current_epoch + 1
+        for config in trainer.lr_scheduler_configs:
+            if config.interval != interval or count % config.frequency != 0:
+                continue
+            metric = None
+            if config.monitor is not None:
+                metric = trainer.callback_metrics.get(config.monitor)
+                if metric is None:
+                    raise ValueError(
+                        f"the LR scheduler monitors {config.monitor!r}, which is not logged; "
+                        f"logged metrics: {sorted(trainer.callback_metrics)}."
+                    )
+            module.lr_scheduler_step(config.scheduler, metric)

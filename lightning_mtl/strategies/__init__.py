@@ -1,0 +1,19 @@
+"""Gradient-balancing strategies, one method per file."""
+
+from lightning_mtl.strategies.base import (
+    GradientBalancingStrategy,
+    ObjectiveBatch,
+    Requirement,
+    TrainingProgress,
+)
+from lightning_mtl.strategies.linear_scalarization import LinearScalarization
+from lightning_mtl.strategies.pgi import PGI
+
+__all__ = [
+    "PGI",
+    "GradientBalancingStrategy",
+    "LinearScalarization",
+    "ObjectiveBatch",
+    "Requirement",
+    "TrainingProgress",
+]
