@@ -1,0 +1,672 @@
+"""Time one training step and measure peak GPU memory of lightning_mtl against plain baselines.
+
+A ResNet-18 trunk (512-d features) feeds T linear heads, each trained with cross-entropy on
+random labels. Every configuration trains a fresh model built with the same seed on a fixed set
+of random batches that stay on the device, so data loading is not measured. Each step is timed
+with CUDA events (``time.perf_counter`` with ``--device cpu``) after warm-up steps; the host is
+synchronised only once all steps have run. See ``benchmarks/README.md`` for what each
+configuration means.
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/step_overhead.py                      # bf16-mixed, T in {2, 10}
+    PYTHONPATH=. python benchmarks/step_overhead.py --precision 32-true --tasks 2 4 10
+    PYTHONPATH=. python benchmarks/step_overhead.py --device cpu --batch-size 8 --image-size 32 \
+        --steps 3 --warmup 1 --tasks 2 3 --precision 32-true --out /tmp/bench_smoke  # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import inspect
+import json
+import logging
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+import torch
+import torchvision
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lightning_mtl import MultiObjectiveMixin
+from lightning_mtl.callbacks import GradientAngleLogger
+from lightning_mtl.strategies import (
+    PGI,
+    GradientBalancingStrategy,
+    LinearScalarization,
+    ObjectiveBatch,
+    Requirement,
+)
+
+CONFIGS = (
+    "plain",
+    "mixin_ls",
+    "pgi",
+    "pgi_angles",
+    "jacobian",
+    "separate_backwards",
+    "torchjd",
+)
+PRECISIONS = ("bf16-mixed", "32-true", "16-mixed")
+NUM_CLASSES = 10
+FEATURES = 512
+LR = 0.01
+MOMENTUM = 0.9
+
+# Warnings that say nothing about the measured step: Lightning's advice that does not apply to a
+# benchmark feeding batches already on the device, and a deprecation inside the libraries.
+_LIGHTNING_NOISE = (
+    r".*does not have many workers.*",
+    r".*log_every_n_steps.*",
+    r".*Total length of `DataLoader` across ranks is zero.*",
+    r".*isinstance\(treespec, LeafSpec\).*",  # torch's pytree deprecation, seen in Lightning
+)
+
+
+# --- model and data ------------------------------------------------------------------------------
+
+
+class MultiHeadNet(nn.Module):
+    """ResNet-18 trunk with its classifier removed, followed by ``tasks`` linear heads."""
+
+    def __init__(self, tasks: int) -> None:
+        super().__init__()
+        self.trunk = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+        self.trunk.fc = nn.Identity()
+        self.heads = nn.ModuleList(nn.Linear(FEATURES, NUM_CLASSES) for _ in range(tasks))
+
+    def features_and_losses(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, list[Tensor]]:
+        images, labels = batch
+        features = self.trunk(images)
+        losses = [
+            F.cross_entropy(head(features), labels[:, index])
+            for index, head in enumerate(self.heads)
+        ]
+        return features, losses
+
+    def losses(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        _, losses = self.features_and_losses(batch)
+        return {f"task{index}": loss for index, loss in enumerate(losses)}
+
+
+def build_net(tasks: int, seed: int, device: torch.device) -> MultiHeadNet:
+    torch.manual_seed(seed)
+    return MultiHeadNet(tasks).to(device)
+
+
+def make_batches(args: argparse.Namespace, tasks: int, device: torch.device) -> list[Any]:
+    generator = torch.Generator().manual_seed(args.seed)
+    shape = (args.batch_size, 3, args.image_size, args.image_size)
+    return [
+        (
+            torch.randn(shape, generator=generator).to(device),
+            torch.randint(0, NUM_CLASSES, (args.batch_size, tasks), generator=generator).to(device),
+        )
+        for _ in range(args.num_batches)
+    ]
+
+
+class CycledBatches(torch.utils.data.Dataset):
+    """``length`` items cycling through a few fixed batches that already live on the device."""
+
+    def __init__(self, batches: list[Any], length: int) -> None:
+        self.batches = batches
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        return self.batches[index % len(self.batches)]
+
+
+def make_optimizer(parameters: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=LR, momentum=MOMENTUM)
+
+
+# --- Lightning modules ---------------------------------------------------------------------------
+
+
+class PlainModule(pl.LightningModule):
+    """Automatic optimisation: ``training_step`` returns the sum of the task losses."""
+
+    def __init__(self, net: MultiHeadNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return torch.stack(list(self.net.losses(batch).values())).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return make_optimizer(self.parameters())
+
+
+class MixinModule(MultiObjectiveMixin, pl.LightningModule):
+    """The same model with named objectives and a balancing strategy."""
+
+    def __init__(self, net: MultiHeadNet, strategy: GradientBalancingStrategy, **balancing: Any):
+        super().__init__()
+        self.net = net
+        self.configure_balancing(strategy, **balancing)
+
+    def compute_objectives(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        return self.net.losses(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return make_optimizer(self.parameters())
+
+
+class MeanOfJacobianRows(GradientBalancingStrategy):
+    """Needs the full per-objective Jacobian of the scope; returns its mean row.
+
+    The combination is trivial on purpose, so that the measured cost is the engine's (the
+    per-objective gradients of every shared parameter), not a solver's.
+    """
+
+    requirement = Requirement.JACOBIAN
+
+    def direction(self, batch: ObjectiveBatch) -> Tensor:
+        assert batch.jacobian is not None
+        return batch.jacobian.mean(dim=0)
+
+
+def pgi_groups(tasks: int) -> dict[str, dict[str, float]]:
+    """PGI's two objectives: task0 is ``cls``, the other tasks together are ``rep``."""
+    return {
+        "cls": {"task0": 1.0},
+        "rep": {f"task{index}": 1.0 for index in range(1, tasks)},
+    }
+
+
+# --- timing --------------------------------------------------------------------------------------
+
+
+class StepTimer:
+    """Start/stop marks around each step: CUDA events on a GPU, ``perf_counter`` on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.starts: list[Any] = []
+        self.stops: list[Any] = []
+
+    def _mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self) -> None:
+        self.starts.append(self._mark())
+
+    def stop(self) -> None:
+        self.stops.append(self._mark())
+
+    def durations_ms(self, skip: int) -> tuple[list[float], float]:
+        """Per-step times after ``skip`` warm-up steps, and the mean time per step over the
+        whole measured window (which also counts what happens between steps)."""
+        if len(self.starts) != len(self.stops) or len(self.stops) <= skip:
+            raise RuntimeError(
+                f"timed {len(self.starts)} starts and {len(self.stops)} stops; expected more "
+                f"than {skip} complete steps."
+            )
+        starts, stops = self.starts[skip:], self.stops[skip:]
+        if self.cuda:
+            torch.cuda.synchronize()
+            steps = [begin.elapsed_time(end) for begin, end in zip(starts, stops, strict=True)]
+            window = starts[0].elapsed_time(stops[-1])
+        else:
+            steps = [(end - begin) * 1e3 for begin, end in zip(starts, stops, strict=True)]
+            window = (stops[-1] - starts[0]) * 1e3
+        return steps, window / len(steps)
+
+
+class StepTimerCallback(pl.Callback):
+    """Marks the start and the end of every training batch (put it last among the callbacks,
+    so that the other callbacks' ``on_train_batch_end`` work is inside the measured step)."""
+
+    def __init__(self, timer: StepTimer) -> None:
+        self.timer = timer
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, idx: int):
+        self.timer.start()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self.timer.stop()
+
+
+# --- runners -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    config: str
+    tasks: int
+    precision: str
+    status: str = "ok"
+    reason: str = ""
+    step_ms: list[float] = field(default_factory=list)
+    median_ms: float | None = None
+    q1_ms: float | None = None
+    q3_ms: float | None = None
+    iqr_ms: float | None = None
+    window_ms_per_step: float | None = None
+    ratio_to_plain: float | None = None
+    peak_memory_mib: float | None = None
+    resident_before_mib: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_lightning(
+    module: pl.LightningModule,
+    callbacks: list[pl.Callback],
+    batches: list[Any],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> tuple[list[float], float]:
+    timer = StepTimer(device)
+    total = args.warmup + args.steps
+    trainer = pl.Trainer(
+        max_steps=total,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        precision=args.precision,
+        devices=1,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        callbacks=[*callbacks, StepTimerCallback(timer)],
+    )
+    loader = torch.utils.data.DataLoader(
+        CycledBatches(batches, total), batch_size=None, shuffle=False, num_workers=0
+    )
+    trainer.fit(module, loader)
+    if trainer.global_step != total:
+        raise RuntimeError(f"the Trainer stopped after {trainer.global_step} of {total} steps.")
+    return timer.durations_ms(args.warmup)
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def run_loop(
+    net: MultiHeadNet,
+    backward: Callable[[Tensor, list[Tensor], Any], None],
+    batches: list[Any],
+    args: argparse.Namespace,
+    device: torch.device,
+    precision: str,
+) -> tuple[list[float], float]:
+    """A plain PyTorch training loop; ``backward(features, losses, scaler)`` fills ``.grad``."""
+    net.train()
+    optimizer = make_optimizer(net.parameters())
+    scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
+    timer = StepTimer(device)
+    for step in range(args.warmup + args.steps):
+        batch = batches[step % len(batches)]
+        timer.start()
+        with autocast_for(precision, device):
+            features, losses = net.features_and_losses(batch)
+        optimizer.zero_grad(set_to_none=True)
+        backward(features, losses, scaler)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        timer.stop()
+    return timer.durations_ms(args.warmup)
+
+
+def separate_backwards(net: MultiHeadNet) -> Callable[[Tensor, list[Tensor], Any], None]:
+    """T backward passes, one per loss, w.r.t. the trunk (and that loss's head); the trunk gets
+    the mean of the T gradients, each head its own loss's gradient."""
+    trunk = [p for p in net.trunk.parameters() if p.requires_grad]
+    heads = [[p for p in head.parameters() if p.requires_grad] for head in net.heads]
+
+    def backward(features: Tensor, losses: list[Tensor], scaler: Any) -> None:
+        trunk_grads: list[tuple[Tensor, ...]] = []
+        for index, loss in enumerate(losses):
+            scaled = scaler.scale(loss) if scaler is not None else loss
+            grads = torch.autograd.grad(
+                scaled, trunk + heads[index], retain_graph=index < len(losses) - 1
+            )
+            trunk_grads.append(grads[: len(trunk)])
+            for parameter, grad in zip(heads[index], grads[len(trunk) :], strict=True):
+                parameter.grad = grad
+        for parameter, *grads in zip(trunk, *trunk_grads, strict=True):
+            parameter.grad = torch.stack(grads).mean(dim=0)
+
+    return backward
+
+
+@dataclass
+class TorchJD:
+    version: str
+    mtl_backward: Callable[..., Any]
+    jac_to_grad: Callable[..., Any] | None
+    mean: type
+    api: str
+
+
+def load_torchjd() -> tuple[TorchJD | None, str]:
+    """The installed torchjd's ``mtl_backward``, or ``None`` and why not.
+
+    torchjd >= 0.17 (``torchjd.autojac``): ``mtl_backward(losses, features=...)`` leaves the
+    shared parameters' Jacobian in their ``.jac`` and ``jac_to_grad(params, aggregator)``
+    aggregates it into ``.grad``. Older versions take ``aggregator=`` in ``mtl_backward`` itself
+    (``torchjd.autojac.mtl_backward`` or, older still, ``torchjd.mtl_backward``).
+    """
+    try:
+        import torchjd
+        from torchjd.aggregation import Mean
+    except ImportError as error:
+        return None, f"torchjd is not importable ({error}); pip install torchjd"
+    try:
+        from torchjd.autojac import mtl_backward
+    except ImportError:
+        mtl_backward = torchjd.mtl_backward
+    version = getattr(torchjd, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as distribution_version
+
+        version = distribution_version("torchjd")
+    if "aggregator" in inspect.signature(mtl_backward).parameters:
+        api = f"{mtl_backward.__module__}.mtl_backward(losses=..., features=..., aggregator=Mean())"
+        return TorchJD(version, mtl_backward, None, Mean, api), ""
+    try:
+        from torchjd.autojac import jac_to_grad
+    except ImportError as error:
+        return None, f"torchjd {version}: mtl_backward takes no aggregator and {error}"
+    api = "torchjd.autojac.mtl_backward(losses, features=...) + jac_to_grad(trunk, Mean())"
+    return TorchJD(version, mtl_backward, jac_to_grad, Mean, api), ""
+
+
+def torchjd_backward(net: MultiHeadNet, jd: TorchJD) -> Callable[[Tensor, list[Tensor], Any], None]:
+    trunk = [p for p in net.trunk.parameters() if p.requires_grad]
+    heads = [[p for p in head.parameters() if p.requires_grad] for head in net.heads]
+    aggregator = jd.mean()
+
+    def backward(features: Tensor, losses: list[Tensor], scaler: Any) -> None:
+        params = {"features": features, "tasks_params": heads, "shared_params": trunk}
+        if jd.jac_to_grad is None:
+            jd.mtl_backward(losses=losses, aggregator=aggregator, **params)
+        else:
+            jd.mtl_backward(losses, **params)
+            jd.jac_to_grad(trunk, aggregator)
+
+    return backward
+
+
+def run_config(
+    config: str,
+    tasks: int,
+    batches: list[Any],
+    args: argparse.Namespace,
+    device: torch.device,
+    jd: TorchJD | None,
+    jd_reason: str,
+) -> Result:
+    precision = "32-true" if config == "torchjd" else args.precision
+    result = Result(config=config, tasks=tasks, precision=precision)
+    if config == "torchjd" and jd is None:
+        result.status, result.reason = "skipped", jd_reason
+        return result
+    net = build_net(tasks, args.seed, device)
+    module: pl.LightningModule | None = None
+    callbacks: list[pl.Callback] = []
+    if config == "plain":
+        module = PlainModule(net)
+    elif config == "mixin_ls":
+        module = MixinModule(net, LinearScalarization())
+    elif config in ("pgi", "pgi_angles"):
+        module = MixinModule(net, PGI(alpha=0.35), groups=pgi_groups(tasks))
+        if config == "pgi_angles":
+            callbacks.append(GradientAngleLogger(every_n_steps=1, heatmap=False))
+    elif config == "jacobian":
+        module = MixinModule(net, MeanOfJacobianRows(), scope="shared")
+    if module is not None:
+        steps, window = run_lightning(module, callbacks, batches, args, device)
+        engine = getattr(module, "gradient_engine", None)
+        if engine is not None and not engine.jacobians.batched:
+            result.notes.append("per-objective gradients fell back to one backward per objective")
+    elif config == "separate_backwards":
+        steps, window = run_loop(net, separate_backwards(net), batches, args, device, precision)
+    elif config == "torchjd":
+        assert jd is not None
+        steps, window = run_loop(net, torchjd_backward(net, jd), batches, args, device, precision)
+        result.notes.append(f"torchjd {jd.version}: {jd.api}; always fp32")
+    else:
+        raise ValueError(f"unknown configuration {config!r}")
+    quartiles = statistics.quantiles(steps, n=4, method="inclusive") if len(steps) > 1 else None
+    result.step_ms = steps
+    result.median_ms = statistics.median(steps)
+    result.q1_ms, result.q3_ms = (quartiles[0], quartiles[2]) if quartiles else (steps[0],) * 2
+    result.iqr_ms = result.q3_ms - result.q1_ms
+    result.window_ms_per_step = window
+    return result
+
+
+def measure(
+    config: str,
+    tasks: int,
+    batches: list[Any],
+    args: argparse.Namespace,
+    device: torch.device,
+    jd: TorchJD | None,
+    jd_reason: str,
+) -> Result:
+    """Run one configuration from a clean memory state; failures become a result, not a crash."""
+    gc.collect()
+    resident = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device) / 2**20
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for pattern in _LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
+            result = run_config(config, tasks, batches, args, device, jd, jd_reason)
+        except Exception as error:  # a failing configuration must not hide the others
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                reason = "out of GPU memory"
+            else:
+                reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            precision = "32-true" if config == "torchjd" else args.precision
+            result = Result(config, tasks, precision, status="failed", reason=reason)
+    for message in dict.fromkeys(str(w.message).splitlines()[0][:200] for w in caught):
+        result.notes.append(f"warning: {message}")
+    if device.type == "cuda" and result.status == "ok":
+        result.peak_memory_mib = torch.cuda.max_memory_allocated(device) / 2**20
+        result.resident_before_mib = resident
+    gc.collect()
+    return result
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def header(args: argparse.Namespace, device: torch.device, jd: TorchJD | None) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return {
+        "device": name,
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "torchvision": torchvision.__version__,
+        "torchjd": jd.version if jd is not None else None,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
+        "settings": {key: value for key, value in vars(args).items() if key not in ("out",)},
+    }
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: list[Result], cuda: bool) -> str:
+    columns = ["configuration", "T", "precision", "median ms", "IQR ms", "ratio to plain"]
+    columns += ["window ms/step"] + (["peak MiB"] if cuda else [])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for result in results:
+        if result.status != "ok":
+            cells = [result.config, str(result.tasks), result.precision]
+            cells += [f"{result.status}: {result.reason}"] + ["-"] * (len(columns) - 4)
+        else:
+            ratio = _number(result.ratio_to_plain)
+            cells = [
+                result.config,
+                str(result.tasks),
+                result.precision,
+                _number(result.median_ms),
+                _number(result.iqr_ms),
+                ratio,
+                _number(result.window_ms_per_step),
+            ]
+            if cuda:
+                cells.append(_number(result.peak_memory_mib, 0))
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(info: dict[str, Any], results: list[Result], cuda: bool) -> str:
+    settings = info["settings"]
+    lines = [
+        "# lightning_mtl step overhead",
+        "",
+        f"- device: {info['device']} ({info['device_type']})",
+        f"- torch {info['torch']}, lightning {info['lightning']}, "
+        f"torchvision {info['torchvision']}, torchjd {info['torchjd'] or 'not installed'}, "
+        f"CUDA {info['cuda']}, Python {info['python']}",
+        f"- date: {info['date']}",
+        f"- command: `{info['command']}`",
+        f"- ResNet-18 trunk, {settings['batch_size']} images of 3x{settings['image_size']}x"
+        f"{settings['image_size']}, {settings['warmup']} warm-up + {settings['steps']} measured "
+        "steps; median and interquartile range of the per-step times",
+        "",
+        table(results, cuda),
+        "",
+        "Ratio: median over the median of `plain` at the same T (and the run's precision, also "
+        "for `torchjd`, which always runs in fp32). Window ms/step: the whole measured window "
+        "over the number of steps, which also counts the time between steps.",
+    ]
+    if cuda:
+        lines.append(
+            "Peak MiB: torch.cuda.max_memory_allocated during the configuration, including the "
+            "resident random batches."
+        )
+    notes = [
+        f"- {result.config} (T={result.tasks}): {note}"
+        for result in results
+        for note in result.notes
+    ]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="measured steps (default 30)")
+    parser.add_argument("--warmup", type=int, default=10, help="warm-up steps (default 10)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--num-batches", type=int, default=4, help="fixed batches cycled")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10], help="values of T")
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16-mixed")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmark_results"))
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.num_batches < 1:
+        parser.error("--steps and --num-batches must be positive, --warmup not negative.")
+    if min(args.tasks) < 2:
+        parser.error("every T must be at least 2 (PGI needs two objectives).")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device is available; use --device cpu for a smoke test.")
+    args.configs = [config for config in CONFIGS if config in args.configs]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    jd, jd_reason = load_torchjd() if "torchjd" in args.configs else (None, "not requested")
+    if "torchjd" in args.configs and jd is None:
+        print(f"torchjd: skipped: {jd_reason}", file=sys.stderr)
+    info = header(args, device, jd)
+    results: list[Result] = []
+    for tasks in args.tasks:
+        batches = make_batches(args, tasks, device)
+        plain: Result | None = None
+        for config in args.configs:
+            result = measure(config, tasks, batches, args, device, jd, jd_reason)
+            if config == "plain" and result.status == "ok":
+                plain = result
+            if plain is not None and plain.median_ms and result.median_ms is not None:
+                result.ratio_to_plain = result.median_ms / plain.median_ms
+            summary = (
+                f"median {result.median_ms:.2f} ms, IQR {result.iqr_ms:.2f} ms"
+                if result.status == "ok"
+                else f"{result.status}: {result.reason}"
+            )
+            print(f"T={tasks} {config}: {summary}", file=sys.stderr, flush=True)
+            results.append(result)
+        del batches
+    cuda = device.type == "cuda"
+    report = markdown(info, results, cuda)
+    print(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"step_overhead_{device.type}_{args.precision}"
+    (args.out / f"{stem}.md").write_text(report)
+    payload = {**info, "results": [asdict(result) for result in results]}
+    payload["settings"]["configs"] = list(args.configs)
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {args.out / stem}.md and .json", file=sys.stderr)
+    return 0 if all(result.status != "failed" for result in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

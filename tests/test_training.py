@@ -1,0 +1,218 @@
+"""Real Lightning runs: hand-computed updates and angles, resume, DDP, bf16-mixed."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import TwoHeadNet, UnitRowMean, grads_of, unit_row_mean
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_mtl import MultiObjectiveMixin, Objectives
+from lightning_mtl.callbacks import GradientAngleLogger, WarmupThenSwitch
+from lightning_mtl.data import EpochSeededRandomSampler
+from lightning_mtl.engine.geometry import degrees
+from lightning_mtl.strategies import PGI, GradientBalancingStrategy
+
+DATA = TensorDataset(
+    torch.randn(32, 4, generator=torch.Generator().manual_seed(3)),
+    torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(4)),
+)
+
+
+class TinyModule(MultiObjectiveMixin, pl.LightningModule):
+    def __init__(
+        self,
+        strategy: GradientBalancingStrategy,
+        scope: object = "shared",
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        epoch_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = TwoHeadNet()
+        self.lr, self.momentum, self.epoch_decay = lr, momentum, epoch_decay
+        self.configure_balancing(strategy, scope=scope)  # type: ignore[arg-type]
+
+    def compute_objectives(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        x, y = batch
+        features = self.net.features(x)
+        return Objectives(self.net.losses(x, y, features), representation=features)
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
+        if self.epoch_decay is None:
+            return optimizer
+        decay = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=self.epoch_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}
+
+
+def _trainer(**kwargs) -> pl.Trainer:  # type: ignore[no-untyped-def]
+    options = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def _params(module: torch.nn.Module) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+def _one_full_batch_step(module: TinyModule, **trainer_kwargs) -> tuple[TwoHeadNet, Tensor]:  # type: ignore[no-untyped-def]
+    initial = copy.deepcopy(module.net)
+    _trainer(max_steps=1, **trainer_kwargs).fit(module, DataLoader(DATA, batch_size=32))
+    return initial, _params(initial) - _params(module.net)
+
+
+def test_pgi_step_is_alpha_g_s_plus_one_minus_alpha_g_u() -> None:
+    initial, change = _one_full_batch_step(TinyModule(PGI(alpha=0.3)))
+    losses = initial.losses(*DATA.tensors)
+    params = list(initial.parameters())
+    expected = 0.3 * grads_of(losses["cls"], params) + 0.7 * grads_of(losses["rep"], params)
+    torch.testing.assert_close(change, expected)
+
+
+def test_jacobian_strategy_step_through_lightning() -> None:
+    initial, change = _one_full_batch_step(TinyModule(UnitRowMean()))
+    losses = initial.losses(*DATA.tensors)
+    trunk = list(initial.trunk.parameters())
+    heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
+    expected = torch.cat([
+        unit_row_mean(torch.stack([grads_of(losses["cls"], trunk), grads_of(losses["rep"], trunk)])),
+        grads_of(losses["cls"] + losses["rep"], heads),
+    ])
+    torch.testing.assert_close(change, expected)
+
+
+@pytest.mark.parametrize("scope", [None, ["net.trunk.0"]])
+def test_angle_logger_matches_angles_from_autograd(scope: list[str] | None) -> None:
+    module = TinyModule(PGI(alpha=0.3))
+    logger = GradientAngleLogger(every_n_steps=1, scope=scope, heatmap=False)
+    initial, _ = _one_full_batch_step(module, callbacks=[logger])
+    losses = initial.losses(*DATA.tensors)
+    params = list(initial.trunk.parameters() if scope is None else initial.trunk[0].parameters())
+    g_cls, g_rep = grads_of(losses["cls"], params), grads_of(losses["rep"], params)
+    update = 0.3 * g_cls + 0.7 * g_rep
+
+    def angle(a: Tensor, b: Tensor) -> float:
+        return math.degrees(math.acos(float(a @ b / (a.norm() * b.norm()))))
+
+    metrics = _trainer_metrics(module)
+    assert metrics["angle/cls~rep_step"] == pytest.approx(angle(g_cls, g_rep), abs=1e-3)
+    assert metrics["angle/cls~update_step"] == pytest.approx(angle(g_cls, update), abs=1e-3)
+    assert metrics["angle/rep~update_step"] == pytest.approx(angle(g_rep, update), abs=1e-3)
+    assert metrics["cos/cls~rep_step"] == pytest.approx(
+        float(g_cls @ g_rep / (g_cls.norm() * g_rep.norm())), abs=1e-5
+    )
+    assert logger.history[-1]["angle/cls~rep"] == pytest.approx(angle(g_cls, g_rep), abs=1e-3)
+
+
+def _trainer_metrics(module: pl.LightningModule) -> dict[str, float]:
+    return {key: float(value) for key, value in module.trainer.callback_metrics.items()}
+
+
+def test_angle_logger_costs_nothing_off_its_cadence() -> None:
+    module = TinyModule(PGI(alpha=0.3))
+    computed: list[int] = []
+    original = module.gradient_engine.jacobians.__call__
+
+    class Counting(type(module.gradient_engine.jacobians)):  # type: ignore[misc]
+        def __call__(self, outputs, inputs):  # type: ignore[no-untyped-def]
+            computed.append(module.trainer.global_step)
+            return original(outputs, inputs)
+
+    module.gradient_engine.jacobians.__class__ = Counting
+    logger = GradientAngleLogger(every_n_steps=3, heatmap=False)
+    _trainer(max_steps=7, callbacks=[logger]).fit(module, DataLoader(DATA, batch_size=8))
+    assert computed == [0, 3, 6]
+
+
+def _resumable_run(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None):  # type: ignore[no-untyped-def]
+    module = TinyModule(
+        PGI(alpha_max=0.9, alpha_min=0.1, unit="step"), lr=0.2, momentum=0.9, epoch_decay=0.7
+    )
+    warmup = WarmupThenSwitch(warmup_epochs=1)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    loader = DataLoader(DATA, batch_size=8, sampler=EpochSeededRandomSampler(len(DATA), seed=5))
+    trainer = _trainer(
+        max_epochs=max_epochs, enable_checkpointing=True,
+        callbacks=[warmup, checkpoints, GradientAngleLogger(every_n_steps=2, heatmap=False)],
+    )
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return module, warmup
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+    straight, straight_warmup = _resumable_run(tmp_path / "a", max_epochs=4)
+    # The run's own checkpoint after 2 of 4 epochs: the state a run stopped there leaves behind
+    # (a run configured for 2 epochs would anneal α over a shorter schedule).
+    checkpoint = tmp_path / "a" / "epoch=1-step=8.ckpt"
+    assert checkpoint.exists()
+    resumed, resumed_warmup = _resumable_run(tmp_path / "b", max_epochs=4, ckpt_path=str(checkpoint))
+    torch.testing.assert_close(_params(resumed), _params(straight), rtol=0, atol=0)
+    assert resumed.balancing_strategy.state_dict() == straight.balancing_strategy.state_dict()
+    assert resumed_warmup.switched_at_step == straight_warmup.switched_at_step == 4
+    assert straight.balancing_strategy.start == 4
+
+
+class HalvesPerRank(pl.LightningDataModule):
+    """Rank r of 2 reads half r of DATA in order; one process reads the per-step unions."""
+
+    def __init__(self, devices: int) -> None:
+        super().__init__()
+        self.devices = devices
+
+    def train_dataloader(self) -> DataLoader:
+        if self.devices == 1:
+            order = torch.cat([torch.arange(0, 8), torch.arange(16, 24), torch.arange(8, 16),
+                               torch.arange(24, 32)])
+            return DataLoader(TensorDataset(*(t[order] for t in DATA.tensors)), batch_size=16)
+        half = slice(16 * self.trainer.global_rank, 16 * (self.trainer.global_rank + 1))
+        return DataLoader(TensorDataset(*(t[half] for t in DATA.tensors)), batch_size=8)
+
+
+def _ddp_run(strategy: GradientBalancingStrategy, scope: object, devices: int) -> Tensor:
+    module = TinyModule(strategy, scope=scope, lr=0.1, momentum=0.9)
+    trainer = _trainer(
+        max_steps=3, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=HalvesPerRank(devices))
+    return _params(module)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("strategy", "scope"),
+    [(PGI(alpha=0.3), "shared"), (UnitRowMean(), "shared"), (UnitRowMean(), "representation")],
+    ids=["pgi", "jacobian", "representation"],
+)
+def test_two_process_ddp_matches_one_process_on_the_union_batch(strategy, scope) -> None:
+    single = _ddp_run(copy.deepcopy(strategy), scope, devices=1)
+    distributed = _ddp_run(copy.deepcopy(strategy), scope, devices=2)
+    torch.testing.assert_close(distributed, single, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", [PGI(alpha=0.3), UnitRowMean()], ids=["pgi", "jacobian"])
+def test_bf16_mixed_on_cpu_matches_the_autocast_reference(strategy) -> None:
+    initial, change = _one_full_batch_step(TinyModule(strategy), precision="bf16-mixed")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = initial.losses(*DATA.tensors)
+    trunk = list(initial.trunk.parameters())
+    rows = torch.stack([grads_of(losses["cls"].float(), trunk), grads_of(losses["rep"].float(), trunk)])
+    if isinstance(strategy, PGI):
+        expected_trunk = 0.3 * rows[0] + 0.7 * rows[1]
+    else:
+        expected_trunk = unit_row_mean(rows)
+    torch.testing.assert_close(change[: len(expected_trunk)], expected_trunk, rtol=2e-2, atol=2e-3)
+    assert degrees(torch.nn.functional.cosine_similarity(
+        change[: len(expected_trunk)], expected_trunk, dim=0
+    )) < 1.0
