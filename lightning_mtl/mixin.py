@@ -14,7 +14,13 @@ from torch import Tensor, nn
 from lightning_mtl.callbacks.base import SHARED_SCOPE, ObjectiveGradientCallback
 from lightning_mtl.engine.balance import Backend, GradientEngine, ObjectiveGradients, Scope
 from lightning_mtl.engine.scope import shared_parameters, submodule_parameters, used_parameters
-from lightning_mtl.objectives import ObjectiveGroups, Objectives, check_groups, check_losses, combine
+from lightning_mtl.objectives import (
+    ObjectiveGroups,
+    Objectives,
+    check_groups,
+    check_losses,
+    combine,
+)
 from lightning_mtl.strategies.base import GradientBalancingStrategy, TrainingProgress
 
 ScopeSpec = Literal["shared", "representation"] | Sequence[str]
@@ -149,7 +155,9 @@ class MultiObjectiveMixin:
 
         Override this instead of ``training_step``.
         """
-        raise TypeError(f"{type(self).__name__} must implement compute_objectives(batch, batch_idx).")
+        raise TypeError(
+            f"{type(self).__name__} must implement compute_objectives(batch, batch_idx)."
+        )
 
     @property
     def automatic_optimization(self) -> bool:
@@ -271,7 +279,7 @@ class MultiObjectiveMixin:
         for name, loss in losses.items():
             module.log(f"train/{name}", loss.detach())
         if self.objective_groups is not None:
-            for name, value in zip(names, objectives.detach()):
+            for name, value in zip(names, objectives.detach(), strict=True):
                 module.log(f"train/{name}", value)
         module.log("train/loss", objectives.detach().sum(), prog_bar=True)
 
@@ -282,7 +290,7 @@ class MultiObjectiveMixin:
         finite = torch.isfinite(torch.stack([loss.detach() for loss in losses.values()]))
         if bool(finite.all()):
             return True
-        bad = [name for name, ok in zip(losses, finite.tolist()) if not ok]
+        bad = [name for name, ok in zip(losses, finite.tolist(), strict=True) if not ok]
         message = f"objective(s) {bad} not finite at step {step}"
         if self.nonfinite == "raise":
             raise NonFiniteObjectiveError(

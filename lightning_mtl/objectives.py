@@ -98,7 +98,8 @@ def combine(
     Example::
 
         >>> import torch
-        >>> losses = {"ce": torch.tensor(2.0), "supcon": torch.tensor(1.0), "con": torch.tensor(3.0)}
+        >>> losses = {"ce": torch.tensor(2.0), "supcon": torch.tensor(1.0)}
+        >>> losses["con"] = torch.tensor(3.0)
         >>> combine(losses, {"s": {"ce": 0.5}, "u": {"supcon": 1.0, "con": 1.0}})
         (('s', 'u'), [tensor(1.), tensor(4.)])
     """

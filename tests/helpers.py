@@ -61,5 +61,8 @@ def grads_of(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
     """Flattened gradient of ``loss`` with respect to ``params`` (zeros where unused)."""
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     return torch.cat(
-        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+        [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
     )

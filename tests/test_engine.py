@@ -129,7 +129,12 @@ def test_balanced_step_writes_strategy_direction_and_plain_sum_outside(strategy,
     rows = torch.stack([grads_of(loss, trunk) for loss in objectives])
     expected_heads = grads_of(objectives[0] + objectives[1], heads)
     report = GradientEngine().step(
-        names, torch.stack(objectives), strategy, _scope(net), TrainingProgress(), Backend(),
+        names,
+        torch.stack(objectives),
+        strategy,
+        _scope(net),
+        TrainingProgress(),
+        Backend(),
         observed={"shared": None},
     )
     torch.testing.assert_close(_written(trunk), combine(rows))
@@ -150,7 +155,11 @@ def test_loss_strategy_is_one_weighted_backward() -> None:
         loss.backward()
 
     report = GradientEngine().step(
-        names, torch.stack(objectives), PGI(alpha=0.25), Scope(), TrainingProgress(),
+        names,
+        torch.stack(objectives),
+        PGI(alpha=0.25),
+        Scope(),
+        TrainingProgress(),
         Backend(backward=backward),
     )
     assert len(calls) == 1 and report == {}
@@ -163,8 +172,13 @@ def test_observed_custom_scope_reports_jacobian_and_applied_update() -> None:
     layer = list(net.trunk[0].parameters())
     rows = torch.stack([grads_of(loss, layer) for loss in objectives])
     report = GradientEngine().step(
-        names, torch.stack(objectives), LinearScalarization({"cls": 2.0}), Scope(),
-        TrainingProgress(), Backend(), observed={"first": layer},
+        names,
+        torch.stack(objectives),
+        LinearScalarization({"cls": 2.0}),
+        Scope(),
+        TrainingProgress(),
+        Backend(),
+        observed={"first": layer},
     )
     torch.testing.assert_close(report["first"].jacobian, rows)
     torch.testing.assert_close(report["first"].update, 2.0 * rows[0] + rows[1])
@@ -181,13 +195,19 @@ def test_representation_scope_balances_feature_gradients() -> None:
     rows = torch.stack([grads_of(loss, [features]) for loss in objectives])
     feature_direction = unit_row_mean(rows).view_as(features)
     expected_trunk = torch.cat(
-        [g.reshape(-1) for g in torch.autograd.grad(features, trunk, feature_direction,
-                                                    retain_graph=True)]
+        [
+            g.reshape(-1)
+            for g in torch.autograd.grad(features, trunk, feature_direction, retain_graph=True)
+        ]
     )
     expected_heads = grads_of(objectives[0] + objectives[1], heads)
     GradientEngine().step(
-        tuple(losses), torch.stack(objectives), UnitRowMean(),
-        Scope(representation=features, trunk=trunk, others=heads), TrainingProgress(), Backend(),
+        tuple(losses),
+        torch.stack(objectives),
+        UnitRowMean(),
+        Scope(representation=features, trunk=trunk, others=heads),
+        TrainingProgress(),
+        Backend(),
     )
     torch.testing.assert_close(_written(trunk), expected_trunk)
     torch.testing.assert_close(_written(heads), expected_heads)
@@ -200,7 +220,11 @@ def test_loss_scale_is_removed_before_the_strategy_and_restored_after() -> None:
     rows = torch.stack([grads_of(loss, trunk) for loss in objectives])
     scale = torch.tensor(1024.0)
     GradientEngine().step(
-        names, torch.stack(objectives), InverseNormWeights(), _scope(net), TrainingProgress(),
+        names,
+        torch.stack(objectives),
+        InverseNormWeights(),
+        _scope(net),
+        TrainingProgress(),
         Backend(loss_scale=scale),
     )
     # InverseNormWeights is not scale-invariant: had it seen scaled rows, the result would differ.
@@ -216,7 +240,11 @@ def test_overflow_under_a_loss_scale_reaches_the_written_gradient() -> None:
     w = torch.tensor([1.0, 2.0], requires_grad=True)
     objectives = torch.stack([(w * torch.tensor([float("inf"), 1.0])).sum(), w.sum()])
     GradientEngine().step(
-        ("a", "b"), objectives, Finite(), Scope(parameters=[w]), TrainingProgress(),
+        ("a", "b"),
+        objectives,
+        Finite(),
+        Scope(parameters=[w]),
+        TrainingProgress(),
         Backend(loss_scale=torch.tensor(2.0)),
     )
     assert not torch.isfinite(w.grad).all()

@@ -19,8 +19,9 @@ def test_combine_groups_weighted_sums() -> None:
     names, values = combine(losses, groups)
     assert names == ("s", "u")
     torch.testing.assert_close(torch.stack(values), torch.tensor([0.7, lam * 4.0 + 0.7 * 0.5]))
-    grads = torch.autograd.grad(values[1], [losses[name] for name in ("ce", "supcon", "swav", "con")],
-                                allow_unused=True)
+    grads = torch.autograd.grad(
+        values[1], [losses[name] for name in ("ce", "supcon", "swav", "con")], allow_unused=True
+    )
     assert grads[0] is None
     torch.testing.assert_close(torch.stack(grads[1:]), torch.tensor([lam, lam, 1 - lam]))
     names, values = combine(losses, None)

@@ -36,9 +36,7 @@ def test_pgi_update_is_the_convex_combination() -> None:
     pgi = PGI(supervised="s", representation="u", alpha_max=0.8, alpha_min=0.2, total=8)
     for step in range(10):
         alpha = 0.2 + 0.3 * (1 + math.cos(math.pi * min(step, 8) / 8))
-        direction = pgi.aggregate(
-            jacobian, names=["u", "s"], progress=TrainingProgress(step=step)
-        )
+        direction = pgi.aggregate(jacobian, names=["u", "s"], progress=TrainingProgress(step=step))
         torch.testing.assert_close(direction, alpha * g_s + (1 - alpha) * g_u)
 
 
@@ -62,7 +60,9 @@ def test_pgi_in_epochs() -> None:
 def test_pgi_constant_alpha_and_logging() -> None:
     pgi = PGI(alpha=0.35)
     jacobian = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
-    torch.testing.assert_close(pgi.aggregate(jacobian, names=["cls", "rep"]), torch.tensor([0.7, 1.3]))
+    torch.testing.assert_close(
+        pgi.aggregate(jacobian, names=["cls", "rep"]), torch.tensor([0.7, 1.3])
+    )
     assert pgi.log_values() == {"alpha": 0.35}
 
 

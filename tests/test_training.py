@@ -55,8 +55,13 @@ class TinyModule(MultiObjectiveMixin, pl.LightningModule):
 
 def _trainer(**kwargs) -> pl.Trainer:  # type: ignore[no-untyped-def]
     options = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
     )
     options.update(kwargs)
     return pl.Trainer(**options)
@@ -85,10 +90,14 @@ def test_jacobian_strategy_step_through_lightning() -> None:
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
-    expected = torch.cat([
-        unit_row_mean(torch.stack([grads_of(losses["cls"], trunk), grads_of(losses["rep"], trunk)])),
-        grads_of(losses["cls"] + losses["rep"], heads),
-    ])
+    expected = torch.cat(
+        [
+            unit_row_mean(
+                torch.stack([grads_of(losses["cls"], trunk), grads_of(losses["rep"], trunk)])
+            ),
+            grads_of(losses["cls"] + losses["rep"], heads),
+        ]
+    )
     torch.testing.assert_close(change, expected)
 
 
@@ -143,7 +152,8 @@ def _resumable_run(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
     loader = DataLoader(DATA, batch_size=8, sampler=EpochSeededRandomSampler(len(DATA), seed=5))
     trainer = _trainer(
-        max_epochs=max_epochs, enable_checkpointing=True,
+        max_epochs=max_epochs,
+        enable_checkpointing=True,
         callbacks=[warmup, checkpoints, GradientAngleLogger(every_n_steps=2, heatmap=False)],
     )
     trainer.fit(module, loader, ckpt_path=ckpt_path)
@@ -156,7 +166,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     # (a run configured for 2 epochs would anneal α over a shorter schedule).
     checkpoint = tmp_path / "a" / "epoch=1-step=8.ckpt"
     assert checkpoint.exists()
-    resumed, resumed_warmup = _resumable_run(tmp_path / "b", max_epochs=4, ckpt_path=str(checkpoint))
+    resumed, resumed_warmup = _resumable_run(
+        tmp_path / "b", max_epochs=4, ckpt_path=str(checkpoint)
+    )
     torch.testing.assert_close(_params(resumed), _params(straight), rtol=0, atol=0)
     assert resumed.balancing_strategy.state_dict() == straight.balancing_strategy.state_dict()
     assert resumed_warmup.switched_at_step == straight_warmup.switched_at_step == 4
@@ -172,8 +184,14 @@ class HalvesPerRank(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.devices == 1:
-            order = torch.cat([torch.arange(0, 8), torch.arange(16, 24), torch.arange(8, 16),
-                               torch.arange(24, 32)])
+            order = torch.cat(
+                [
+                    torch.arange(0, 8),
+                    torch.arange(16, 24),
+                    torch.arange(8, 16),
+                    torch.arange(24, 32),
+                ]
+            )
             return DataLoader(TensorDataset(*(t[order] for t in DATA.tensors)), batch_size=16)
         half = slice(16 * self.trainer.global_rank, 16 * (self.trainer.global_rank + 1))
         return DataLoader(TensorDataset(*(t[half] for t in DATA.tensors)), batch_size=8)
@@ -182,7 +200,9 @@ class HalvesPerRank(pl.LightningDataModule):
 def _ddp_run(strategy: GradientBalancingStrategy, scope: object, devices: int) -> Tensor:
     module = TinyModule(strategy, scope=scope, lr=0.1, momentum=0.9)
     trainer = _trainer(
-        max_steps=3, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+        max_steps=3,
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
         use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=HalvesPerRank(devices))
@@ -207,12 +227,19 @@ def test_bf16_mixed_on_cpu_matches_the_autocast_reference(strategy) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
-    rows = torch.stack([grads_of(losses["cls"].float(), trunk), grads_of(losses["rep"].float(), trunk)])
+    rows = torch.stack(
+        [grads_of(losses["cls"].float(), trunk), grads_of(losses["rep"].float(), trunk)]
+    )
     if isinstance(strategy, PGI):
         expected_trunk = 0.3 * rows[0] + 0.7 * rows[1]
     else:
         expected_trunk = unit_row_mean(rows)
     torch.testing.assert_close(change[: len(expected_trunk)], expected_trunk, rtol=2e-2, atol=2e-3)
-    assert degrees(torch.nn.functional.cosine_similarity(
-        change[: len(expected_trunk)], expected_trunk, dim=0
-    )) < 1.0
+    assert (
+        degrees(
+            torch.nn.functional.cosine_similarity(
+                change[: len(expected_trunk)], expected_trunk, dim=0
+            )
+        )
+        < 1.0
+    )

@@ -103,7 +103,7 @@ class GradientAngleLogger(ObjectiveGradientCallback):
                 values[f"cos/{first}~{names[j]}"] = cosines[i, j]
         if self.log_update:
             to_update = degrees(cosines_to(gradients.jacobian, gradients.update))
-            for name, angle in zip(names, to_update):
+            for name, angle in zip(names, to_update, strict=True):
                 values[f"angle/{name}~update"] = angle
         for key, value in values.items():
             pl_module.log(key, value, on_step=True, on_epoch=True, batch_size=1)

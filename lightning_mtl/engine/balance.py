@@ -131,7 +131,9 @@ class GradientEngine:
         }
         if strategy.requirement is Requirement.LOSSES:
             weights = strategy.weights(batch)
-            shared = self._scope_jacobian(scaled, scope, backend) if None in observed.values() else None
+            shared = (
+                self._scope_jacobian(scaled, scope, backend) if None in observed.values() else None
+            )
             backend.backward((weights * objectives).sum())
             balanced = None if shared is None else (shared, weights.to(shared.dtype) @ shared)
         else:
@@ -179,7 +181,9 @@ class GradientEngine:
         width = representation.numel()
         local = direction[backend.rank * width : (backend.rank + 1) * width]
         heads = _grads(scaled.sum(), scope.others)
-        trunk = _grads(representation, scope.trunk, _rescale(local, backend).view_as(representation))
+        trunk = _grads(
+            representation, scope.trunk, _rescale(local, backend).view_as(representation)
+        )
         # The union-batch Jacobian already carries the 1/world factor, so the trunk's share is
         # summed over processes, while the heads' gradients are averaged.
         flat = torch.cat([heads / backend.world_size, trunk]) if backend.world_size > 1 else None
@@ -225,7 +229,9 @@ class GradientEngine:
 
     def _scope_jacobian(self, scaled: Tensor, scope: Scope, backend: Backend) -> Tensor:
         if scope.representation is not None:
-            return _unscale(self._representation_jacobian(scaled, scope.representation, backend), backend)
+            return _unscale(
+                self._representation_jacobian(scaled, scope.representation, backend), backend
+            )
         return self._parameter_jacobian(scaled, scope.parameters, backend)
 
     def _parameter_jacobian(
@@ -245,7 +251,11 @@ def _grads(output: Tensor, inputs: Sequence[Tensor], grad_output: Tensor | None 
     if not inputs:
         return output.new_zeros(0, dtype=torch.float32)
     grads = torch.autograd.grad(
-        output, list(inputs), grad_outputs=grad_output, retain_graph=True, allow_unused=True,
+        output,
+        list(inputs),
+        grad_outputs=grad_output,
+        retain_graph=True,
+        allow_unused=True,
         materialize_grads=True,
     )
     return flatten(grads)

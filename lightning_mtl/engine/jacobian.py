@@ -53,13 +53,17 @@ class JacobianComputer:
         step = self.chunk_size or rows
         for start in range(0, rows, step):
             stop = min(start + step, rows)
-            for offset, block in zip(_offsets(sizes), self._chunk(outputs, inputs, start, stop)):
+            for offset, block in zip(
+                _offsets(sizes), self._chunk(outputs, inputs, start, stop), strict=True
+            ):
                 jacobian[start:stop, offset : offset + block[0].numel()] = block.reshape(
                     stop - start, -1
                 )
         return jacobian
 
-    def _chunk(self, outputs: Tensor, inputs: Sequence[Tensor], start: int, stop: int) -> list[Tensor]:
+    def _chunk(
+        self, outputs: Tensor, inputs: Sequence[Tensor], start: int, stop: int
+    ) -> list[Tensor]:
         if self.batched:
             selector = torch.eye(outputs.shape[0], dtype=outputs.dtype, device=outputs.device)
             try:
@@ -83,12 +87,15 @@ class JacobianComputer:
                 self.batched = False
         per_row = [
             torch.autograd.grad(
-                outputs[row], list(inputs), retain_graph=True, allow_unused=True,
+                outputs[row],
+                list(inputs),
+                retain_graph=True,
+                allow_unused=True,
                 materialize_grads=True,
             )
             for row in range(start, stop)
         ]
-        return [torch.stack(column) for column in zip(*per_row)]
+        return [torch.stack(column) for column in zip(*per_row, strict=True)]
 
 
 def _offsets(sizes: Sequence[int]) -> list[int]:

@@ -128,4 +128,7 @@ class DigitsMultiObjective(MultiObjectiveMixin, pl.LightningModule):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(epochs, 1), eta_min=self.hparams.lr * 0.01
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
+        }

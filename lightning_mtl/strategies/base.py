@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -68,7 +67,7 @@ class ObjectiveBatch:
         return len(self.names)
 
 
-class GradientBalancingStrategy(ABC):
+class GradientBalancingStrategy:
     """Base class of every gradient-balancing method.
 
     A subclass sets :attr:`requirement` and overrides :meth:`weights` (a weighting of the
@@ -92,7 +91,7 @@ class GradientBalancingStrategy(ABC):
 
     requirement: ClassVar[Requirement] = Requirement.JACOBIAN
 
-    def setup(self, names: Sequence[str]) -> None:  # noqa: B027 - optional hook
+    def setup(self, names: Sequence[str]) -> None:
         """Check the objective names once, before the first step that uses them.
 
         Raises:
@@ -161,7 +160,7 @@ class GradientBalancingStrategy(ABC):
         """State to checkpoint: plain Python values and tensors only."""
         return {}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: B027 - stateless default
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
     def __repr__(self) -> str:

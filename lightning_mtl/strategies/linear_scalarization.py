@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 from typing_extensions import override
 
@@ -65,4 +66,7 @@ class LinearScalarization(GradientBalancingStrategy):
         return self._cached[key]
 
     def __repr__(self) -> str:
-        return f"LinearScalarization(weights={self.named_weights}, default_weight={self.default_weight})"
+        return (
+            f"LinearScalarization(weights={self.named_weights}, "
+            f"default_weight={self.default_weight})"
+        )

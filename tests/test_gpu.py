@@ -1,0 +1,117 @@
+"""GPU-only checks: 16-mixed and bf16-mixed correctness, overflow skipping, no host sync.
+
+Skipped without CUDA; run on a GPU machine with ``pytest tests/test_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers import TwoHeadNet, UnitRowMean, grads_of, unit_row_mean
+from lightning.pytorch.plugins import MixedPrecision
+from test_training import DATA, TinyModule
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_mtl.engine import Backend, GradientEngine, Scope
+from lightning_mtl.strategies import PGI, TrainingProgress
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _fit(module: TinyModule, steps: int = 1, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    trainer = pl.Trainer(
+        accelerator="gpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+    trainer.fit(module, DataLoader(DATA, batch_size=32))
+
+
+def _params(net: torch.nn.Module) -> Tensor:
+    return torch.cat([p.detach().float().reshape(-1).cpu() for p in net.parameters()])
+
+
+def _reference_change(initial: TwoHeadNet, strategy: object, dtype: torch.dtype) -> Tensor:
+    net = copy.deepcopy(initial).cuda()
+    x, y = (t.cuda() for t in DATA.tensors)
+    with torch.autocast("cuda", dtype=dtype):
+        losses = net.losses(x, y)
+    params = list(net.parameters())
+    trunk = list(net.trunk.parameters())
+    heads = params[len(trunk) :]
+    cls, rep = losses["cls"].float(), losses["rep"].float()
+    if isinstance(strategy, PGI):
+        return (0.3 * grads_of(cls, params) + 0.7 * grads_of(rep, params)).cpu()
+    rows = torch.stack([grads_of(cls, trunk), grads_of(rep, trunk)])
+    return torch.cat([unit_row_mean(rows), grads_of(cls + rep, heads)]).cpu()
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+@pytest.mark.parametrize("make", [lambda: PGI(alpha=0.3), UnitRowMean], ids=["pgi", "jacobian"])
+def test_mixed_precision_step_matches_autocast_reference(precision: str, make) -> None:
+    strategy = make()
+    module = TinyModule(strategy)
+    initial = copy.deepcopy(module.net)
+    _fit(module, precision=precision)
+    change = _params(initial) - _params(module.net)
+    dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
+    expected = _reference_change(initial, strategy, dtype)
+    torch.testing.assert_close(change, expected, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("make", [lambda: PGI(alpha=0.3), UnitRowMean], ids=["pgi", "jacobian"])
+def test_16_mixed_overflow_skips_the_step_and_lowers_the_scale(make) -> None:
+    module = TinyModule(make())
+    initial = _params(module.net)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**100)
+    _fit(module, plugins=[MixedPrecision("16-mixed", "cuda", scaler)])
+    assert torch.equal(_params(module.net), initial)
+    assert scaler.get_scale() < 2.0**100
+
+
+def test_16_mixed_clips_unscaled_gradients() -> None:
+    module = TinyModule(UnitRowMean(), lr=1.0)
+    module.configure_balancing(UnitRowMean(), gradient_clip_val=0.01)
+    initial = _params(module.net)
+    _fit(module, precision="16-mixed")
+    assert float((initial - _params(module.net)).norm()) == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.mark.parametrize("make", [lambda: PGI(alpha=0.3), UnitRowMean], ids=["pgi", "jacobian"])
+def test_engine_step_makes_no_host_synchronisation(make) -> None:
+    net = TwoHeadNet().cuda()
+    x, y = (t.cuda() for t in DATA.tensors)
+    losses = net.losses(x, y)
+    scope = Scope(
+        parameters=list(net.trunk.parameters()),
+        others=[*net.cls_head.parameters(), *net.rep_head.parameters()],
+    )
+    backend = Backend(loss_scale=torch.full((), 1024.0, device="cuda"))
+    engine, strategy = GradientEngine(), make()
+    strategy.setup(tuple(losses))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.step(
+            tuple(losses),
+            torch.stack(list(losses.values())),
+            strategy,
+            scope,
+            TrainingProgress(),
+            backend,
+        )
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(p.grad is not None for p in net.parameters())
