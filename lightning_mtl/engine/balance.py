@@ -122,7 +122,12 @@ class GradientEngine:
                 want per-objective gradients on this step.
         """
         observed = dict(observed or {})
-        batch = ObjectiveBatch(names=names, losses=objectives.detach(), progress=progress)
+        losses = objectives.detach()
+        if backend.world_size > 1:
+            # Strategies with state (loss histories, learned weights) must see the same losses on
+            # every process: those of the union batch.
+            losses = backend.all_reduce_sum(losses.clone()) / backend.world_size
+        batch = ObjectiveBatch(names=names, losses=losses, progress=progress)
         scaled = objectives * backend.loss_scale if backend.loss_scale is not None else objectives
         extra = {
             key: self._parameter_jacobian(scaled, params, backend)
