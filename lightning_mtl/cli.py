@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -49,6 +50,8 @@ def metrics_table(metrics: Mapping[str, Tensor | float]) -> Table:
 
 def main() -> None:
     """Entry point of the ``lightning-mtl`` console script."""
+    # A deprecation inside Lightning's own pytree use under recent torch: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     MultiObjectiveCLI(
         LightningModule,
         LightningDataModule,

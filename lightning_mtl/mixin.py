@@ -97,6 +97,7 @@ class MultiObjectiveMixin:
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
         jacobian_chunk_size: int | None = None,
+        lr_scheduler_monitor: str | None = None,
     ) -> None:
         """Choose the strategy and how objectives and gradients are formed.
 
@@ -105,8 +106,12 @@ class MultiObjectiveMixin:
             scope: what the strategy balances. ``"shared"``: the parameters that more than one
                 objective depends on; ``"representation"``: the gradients with respect to the
                 tensor that ``compute_objectives`` designates with
-                :class:`~lightning_mtl.Objectives`; or a list of submodule names. Parameters
-                outside the scope get the gradient of the plain sum of the objectives.
+                :class:`~lightning_mtl.Objectives`; or a list of submodule names. For strategies
+                that work on gradients (Gramian or Jacobian), parameters outside the scope get
+                the gradient of the plain sum of the objectives, as in LibMTL and torchjd.
+                Loss-based strategies (PGI, fixed or learned loss weights) weigh the loss
+                itself, so every parameter gets the weighted gradient and the scope only matters
+                to callbacks that measure gradients.
             groups: group name → {loss name: weight}; each group is one objective for the
                 strategy (e.g. PGI's ``L_s`` and ``L_u``). ``None``: every loss is an objective.
             nonfinite: on a NaN or infinite loss, ``"raise"`` a
@@ -118,7 +123,15 @@ class MultiObjectiveMixin:
             gradient_clip_algorithm: ``"norm"`` or ``"value"``.
             jacobian_chunk_size: objectives per batched backward pass when per-objective
                 gradients are computed; lower it to save memory.
+            lr_scheduler_monitor: the logged metric a ``ReduceLROnPlateau`` scheduler reads.
+                Lightning drops the ``monitor`` key of scheduler configs under manual
+                optimisation, so it is named here instead.
         """
+        if isinstance(strategy, type):
+            raise TypeError(
+                f"strategy must be an instance; got the class {strategy.__name__}: pass "
+                f"{strategy.__name__}(...)."
+            )
         if not isinstance(strategy, GradientBalancingStrategy):
             raise TypeError(
                 f"strategy must be a GradientBalancingStrategy; got {type(strategy).__name__}."
@@ -145,6 +158,7 @@ class MultiObjectiveMixin:
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.gradient_engine = GradientEngine(jacobian_chunk_size)
+        self.lr_scheduler_monitor = lr_scheduler_monitor
         self.objective_gradients: dict[str, ObjectiveGradients] = {}
         self._scope_cache: dict[tuple[str, ...], tuple[list[nn.Parameter], list[nn.Parameter]]] = {}
         self._prepared: dict[int, tuple[str, ...]] = {}
@@ -190,6 +204,8 @@ class MultiObjectiveMixin:
         if type(self).compute_objectives is MultiObjectiveMixin.compute_objectives:
             raise TypeError(f"{type(self).__name__} must implement compute_objectives().")
         self.active_balancing_strategy  # noqa: B018 - raises when none is configured
+        if not isinstance(self.balancing_scope, str):
+            submodule_parameters(module, self.balancing_scope)  # reports bad names up front
         if len(module.trainer.optimizers) != 1:
             raise ValueError(
                 "MultiObjectiveMixin steps exactly one optimizer; configure_optimizers returned "
@@ -368,11 +384,18 @@ class MultiObjectiveMixin:
             if config.interval != interval or count % config.frequency != 0:
                 continue
             metric = None
-            if config.monitor is not None:
-                metric = trainer.callback_metrics.get(config.monitor)
+            monitor = config.monitor or self.lr_scheduler_monitor
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if monitor is None:
+                    raise ValueError(
+                        "ReduceLROnPlateau needs a metric: Lightning ignores the scheduler's "
+                        "'monitor' under manual optimisation, so pass "
+                        "configure_balancing(..., lr_scheduler_monitor='val/loss')."
+                    )
+                metric = trainer.callback_metrics.get(monitor)
                 if metric is None:
                     raise ValueError(
-                        f"the LR scheduler monitors {config.monitor!r}, which is not logged; "
+                        f"the LR scheduler monitors {monitor!r}, which is not logged; "
                         f"logged metrics: {sorted(trainer.callback_metrics)}."
                     )
             module.lr_scheduler_step(config.scheduler, metric)

@@ -45,7 +45,7 @@ class DigitsMultiObjective(MultiObjectiveMixin, pl.LightningModule):
 
     ``cls`` is the cross-entropy of a linear classifier on both augmented views; ``rep`` is the
     supervised contrastive loss of a projection of the two views. The strategy (PGI by default)
-    balances them over the shared encoder; the heads get their own losses' gradients.
+    balances them; with a gradient-based strategy the heads get their own losses' gradients.
 
     Args:
         strategy: the balancing strategy.
