@@ -123,3 +123,39 @@ def combine(
         for members in groups.values()
     ]
     return tuple(groups), values
+
+
+def per_class_objectives(
+    per_sample_losses: Tensor, targets: Tensor, num_classes: int, prefix: str = "class_"
+) -> dict[str, Tensor]:
+    """Split per-sample losses into one objective per class: ``L_c = Σ_{i: y_i = c} ℓ_i / B``.
+
+    The objectives sum to the batch-mean loss, so their gradients sum to the ordinary gradient
+    (the class-as-task view of PLOT, seed 002 §4.1). A class absent from the batch gets a zero
+    objective (a zero gradient row), built without a host synchronisation.
+
+    Args:
+        per_sample_losses: ``[B]`` losses, e.g. ``F.cross_entropy(..., reduction="none")``.
+        targets: ``[B]`` integer class labels in ``[0, num_classes)``.
+        num_classes: number of classes ``K``.
+        prefix: objective names are ``f"{prefix}{c}"``.
+
+    Example::
+
+        >>> losses = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
+        >>> objectives = per_class_objectives(losses, torch.tensor([0, 2, 0, 2]), 3)
+        >>> {name: round(float(value), 2) for name, value in objectives.items()}
+        {'class_0': 1.0, 'class_1': 0.0, 'class_2': 1.5}
+    """
+    if per_sample_losses.ndim != 1 or targets.shape != per_sample_losses.shape:
+        raise ValueError(
+            "per_sample_losses and targets must both have shape [B]; got "
+            f"{tuple(per_sample_losses.shape)} and {tuple(targets.shape)}."
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive; got {num_classes}.")
+    if targets.dtype.is_floating_point:
+        raise ValueError("targets must be integer class labels.")
+    sums = per_sample_losses.new_zeros(num_classes).index_add(0, targets, per_sample_losses)
+    per_class = sums / per_sample_losses.shape[0]
+    return {f"{prefix}{c}": per_class[c] for c in range(num_classes)}

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_mtl.objectives import Objectives, check_groups, check_losses, combine
+from lightning_mtl.objectives import (
+    Objectives,
+    check_groups,
+    check_losses,
+    combine,
+    per_class_objectives,
+)
 
 
 def _loss(value: float) -> torch.Tensor:
@@ -59,3 +65,22 @@ def test_check_losses_messages() -> None:
     features = torch.ones(2, requires_grad=True)
     wrapped = Objectives({"a": features.sum()}, representation=features)
     assert list(check_losses(wrapped)) == ["a"]
+
+
+def test_per_class_objectives_sum_to_the_mean_and_split_the_gradient() -> None:
+    weights = torch.tensor([0.5, -1.0], requires_grad=True)
+    inputs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [1.0, 1.0], [0.0, 3.0]])
+    targets = torch.tensor([1, 0, 1, 3, 1])
+    per_sample = (inputs @ weights) ** 2
+    objectives = per_class_objectives(per_sample, targets, num_classes=4)
+    assert list(objectives) == ["class_0", "class_1", "class_2", "class_3"]
+    # By hand: per-sample losses 0.25, 1, 0, 0.25, 9; B = 5.
+    expected = torch.tensor([1.0, 9.25, 0.0, 0.25]) / 5
+    torch.testing.assert_close(torch.stack(list(objectives.values())), expected)
+    torch.testing.assert_close(sum(objectives.values()), per_sample.mean())
+    absent = torch.autograd.grad(objectives["class_2"], weights, retain_graph=True)[0]
+    assert torch.equal(absent, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"shape \[B\]"):
+        per_class_objectives(per_sample, targets[:3], 4)
+    with pytest.raises(ValueError, match="integer class labels"):
+        per_class_objectives(per_sample, targets.float(), 4)
