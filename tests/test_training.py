@@ -18,7 +18,7 @@ from lightning_mtl import MultiObjectiveMixin, Objectives
 from lightning_mtl.callbacks import GradientAngleLogger, WarmupThenSwitch
 from lightning_mtl.data import EpochSeededRandomSampler
 from lightning_mtl.engine.geometry import degrees
-from lightning_mtl.strategies import PGI, GradientBalancingStrategy
+from lightning_mtl.strategies import PGI, RGB, GradientBalancingStrategy
 
 DATA = TensorDataset(
     torch.randn(32, 4, generator=torch.Generator().manual_seed(3)),
@@ -212,8 +212,13 @@ def _ddp_run(strategy: GradientBalancingStrategy, scope: object, devices: int) -
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("strategy", "scope"),
-    [(PGI(alpha=0.3), "shared"), (UnitRowMean(), "shared"), (UnitRowMean(), "representation")],
-    ids=["pgi", "jacobian", "representation"],
+    [
+        (PGI(alpha=0.3), "shared"),
+        (UnitRowMean(), "shared"),
+        (UnitRowMean(), "representation"),
+        (RGB(alpha_steps=5), "shared"),
+    ],
+    ids=["pgi", "jacobian", "representation", "rgb-stateful"],
 )
 def test_two_process_ddp_matches_one_process_on_the_union_batch(strategy, scope) -> None:
     single = _ddp_run(copy.deepcopy(strategy), scope, devices=1)

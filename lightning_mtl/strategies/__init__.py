@@ -8,9 +8,11 @@ from lightning_mtl.strategies.base import (
 )
 from lightning_mtl.strategies.linear_scalarization import LinearScalarization
 from lightning_mtl.strategies.pgi import PGI
+from lightning_mtl.strategies.rgb import RGB
 
 __all__ = [
     "PGI",
+    "RGB",
     "GradientBalancingStrategy",
     "LinearScalarization",
     "ObjectiveBatch",
