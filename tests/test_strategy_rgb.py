@@ -57,6 +57,7 @@ def reference_rgb(
         (grad,) = torch.autograd.grad(objective(leaf), leaf)
         angles = (angles - lr * count * grad).clamp(0, math.pi / 2)
     final = [r / (r.norm() + eps) for r in rotated(angles)] if rotate else units
+    reference_rgb.rotated = torch.stack(final)  # type: ignore[attr-defined]
     return sum(final) / count, ema, angles
 
 

@@ -91,6 +91,12 @@ class GradientBalancingStrategy:
 
     requirement: ClassVar[Requirement] = Requirement.JACOBIAN
 
+    record_adjusted: bool = False
+    """Set by diagnostics callbacks on their cadence: a strategy that edits individual gradients
+    (PCGrad, GradVac, RGB, ...) then keeps the edited per-objective gradients of that step in
+    :attr:`adjusted_gradients`, as a ``[T, D]`` tensor."""
+    adjusted_gradients: Tensor | None = None
+
     def setup(self, names: Sequence[str]) -> None:
         """Check the objective names once, before the first step that uses them.
 

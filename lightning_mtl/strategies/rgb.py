@@ -148,6 +148,11 @@ class RGB(GradientBalancingStrategy):
         a, b = geometry.rotated_coefficients(angles)
         lengths = geometry.lengths(a, b)
         a, b = a / (lengths + self.eps), b / (lengths + self.eps)
+        if self.record_adjusted:
+            scaled = (a * inverse).to(jacobian.dtype)
+            self.adjusted_gradients = (
+                scaled[:, None] * jacobian + b.to(jacobian.dtype)[:, None] * ema
+            )
         row_weights = (a * inverse / count).to(jacobian.dtype)
         return row_weights @ jacobian + (b.sum() / count).to(jacobian.dtype) * ema
 
