@@ -195,3 +195,22 @@ def test_rgb_step_through_lightning_matches_algorithm_1() -> None:
     expected, _, _ = reference_rgb(rows, torch.zeros(rows.shape[1]), 0.9, 1.0, 5, 0.5)
     change = _params(initial) - _params(module.net)
     torch.testing.assert_close(change[: rows.shape[1]].double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_two_task_toy_reaches_the_pareto_front() -> None:
+    # f1 = ‖x − a‖², f2 = ‖x − b‖²: the Pareto set is the segment [a, b]; its front is
+    # (t² ‖a − b‖², (1 − t)² ‖a − b‖²). Start far off the segment, with conflicting gradients.
+    a, b = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 0.0])
+    x = torch.tensor([3.0, 4.0])
+    rgb = RGB(alpha_steps=10, proximity_weight=1.0)
+    for step in range(500):
+        rows = torch.stack([2 * (x - a), 2 * (x - b)])
+        # The update has unit scale, so convergence needs Robbins-Monro step sizes (A.6, A3).
+        rate = 1.0 / (step + 4)
+        x = x - rate * rgb.aggregate(rows, progress=TrainingProgress(step=step))
+    losses = torch.stack([((x - a) ** 2).sum(), ((x - b) ** 2).sum()])
+    t = torch.linspace(0, 1, 2001)
+    front = torch.stack([t**2 * 4, (1 - t) ** 2 * 4], dim=1)
+    dominated_by = (front <= losses - 1e-3).all(dim=1)
+    assert not dominated_by.any(), f"losses {losses.tolist()} are dominated by the front"
+    assert abs(float(x[1])) < 0.05  # on the segment between the two minimisers
