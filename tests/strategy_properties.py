@@ -28,7 +28,9 @@ def jacobian(rows: int, columns: int = 64, seed: int = 0, kind: str = "random") 
         matrix = direction * scales + 1e-3 * matrix
     elif kind == "ill_conditioned":
         matrix = matrix * torch.logspace(-2, 2, rows, dtype=torch.float64)[:, None]
-    elif kind == "duplicated" and rows > 1:
+    elif kind == "duplicated":
+        if rows < 2:
+            raise ValueError("a duplicated row needs at least two rows.")
         matrix[1] = matrix[0]
     elif kind == "with_zero_row":
         matrix[0] = 0.0
