@@ -1,0 +1,215 @@
+"""PCGrad: projections by hand, algorithm 1 with explicit loops, properties, one Lightning step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import grads_of
+from strategy_properties import (
+    check_descent,
+    check_finite,
+    check_scale_equivariance,
+    jacobian,
+)
+from test_training import DATA, TinyModule, _one_full_batch_step
+from torch import Tensor
+
+from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress
+from lightning_mtl.strategies._gradient_surgery import others_in_random_order
+from lightning_mtl.strategies.base import step_generator
+from lightning_mtl.strategies.pcgrad import PCGrad
+
+CPU = torch.device("cpu")
+
+
+def order_at(seed: int, step: int, count: int) -> Tensor:
+    return others_in_random_order(count, step_generator(seed, step, CPU))
+
+
+def reference_projections(rows: Tensor, order: Tensor) -> Tensor:
+    """Algorithm 1 of the paper in float64: for each task, the other tasks in the given order."""
+    rows = rows.double()
+    projected = []
+    for i in range(len(rows)):
+        g_pc = rows[i].clone()
+        for j in order[i].tolist():
+            inner = torch.dot(g_pc, rows[j])
+            if inner < 0:
+                g_pc = g_pc - inner / torch.dot(rows[j], rows[j]) * rows[j]
+        projected.append(g_pc)
+    return torch.stack(projected)
+
+
+def problem(count: int, kind: str, seed: int, columns: int = 96) -> Tensor:
+    """The shared kinds, plus nearly parallel and anti-parallel rows (random signs)."""
+    if kind != "anti_collinear":
+        return jacobian(count, columns, seed=seed, kind=kind)
+    signs = torch.randint(0, 2, (count, 1), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return jacobian(count, columns, seed=seed, kind="collinear") * signs
+
+
+def assert_relative(actual: Tensor, expected: Tensor, rtol: float = 1e-5) -> None:
+    """Entrywise within ``rtol``, with an absolute floor of ``rtol`` times the largest entry."""
+    expected = expected.double()
+    floor = rtol * float(expected.abs().max()) + 1e-30
+    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=floor)
+
+
+def test_two_conflicting_gradients_by_hand() -> None:
+    rows = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    # g1·g2 = −1: g1 − (−1/2) g2 = (½, ½); g2 − (−1/1) g1 = (0, 1).
+    torch.testing.assert_close(PCGrad().aggregate(rows), torch.tensor([0.5, 1.5]))
+    torch.testing.assert_close(PCGrad("mean").aggregate(rows), torch.tensor([0.25, 0.75]))
+    batch = ObjectiveBatch(names=("a", "b"), jacobian=rows)
+    projected = PCGrad().coefficients(batch) @ rows.double()
+    torch.testing.assert_close(projected, torch.tensor([[0.5, 0.5], [0.0, 1.0]]).double())
+    assert projected[0] @ rows[1].double() == 0 and projected[1] @ rows[0].double() == 0
+
+
+def test_three_gradients_by_hand_in_both_orders() -> None:
+    rows = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 1.0, 0.0], [-1.0, 0.0, 1.0]])
+    # g1 conflicts with g2 and g3 (inner −1 each). Meeting g2 first: (½, ½, 0), whose inner
+    # product with g3 is −½, then + ¼ g3 = (¼, ½, ¼); meeting g3 first: (¼, ¼, ½). g2 and g3 meet
+    # g1 (inner −1) and become e2 and e3 in either order (g2·g3 = 1 ≥ 0).
+    by_first_other = {1: [0.25, 1.5, 1.25], 2: [0.25, 1.25, 1.5]}
+    seen = set()
+    for step in range(20):
+        first = int(order_at(7, step, 3)[0, 0])
+        seen.add(first)
+        direction = PCGrad(seed=7).aggregate(rows, progress=TrainingProgress(step=step))
+        torch.testing.assert_close(direction, torch.tensor(by_first_other[first]))
+    assert seen == {1, 2}
+
+
+@pytest.mark.parametrize("count", [2, 3, 5, 10, 40])
+@pytest.mark.parametrize(
+    "kind",
+    ["random", "ill_conditioned", "collinear", "anti_collinear", "duplicated", "with_zero_row"],
+)
+def test_matches_algorithm_1_with_the_same_random_orders(count: int, kind: str) -> None:
+    seed = count * 31 + len(kind)
+    rows = problem(count, kind, seed)
+    step = 11 + count
+    projected = reference_projections(rows, order_at(5, step, count))
+    progress = TrainingProgress(step=step)
+    assert_relative(PCGrad(seed=5).aggregate(rows, progress=progress), projected.sum(0))
+    assert_relative(PCGrad("mean", seed=5).aggregate(rows, progress=progress), projected.mean(0))
+    batch = ObjectiveBatch(names=tuple(map(str, range(count))), jacobian=rows, progress=progress)
+    assert_relative(PCGrad(seed=5).coefficients(batch) @ rows.double(), projected)
+
+
+def test_weights_give_the_direction() -> None:
+    rows = problem(6, "random", 2)
+    batch = ObjectiveBatch(names=tuple("abcdef"), jacobian=rows, progress=TrainingProgress(3))
+    strategy = PCGrad(seed=1)
+    assert strategy.computes_weights
+    torch.testing.assert_close(strategy.weights(batch) @ rows, strategy.direction(batch))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_conflicting_gradients_end_orthogonal_to_each_other(seed: int) -> None:
+    rows = problem(2, "random", seed, columns=16)
+    rows[1] -= 2 * torch.clamp(rows[0] @ rows[1], min=0) / (rows[0] @ rows[0]) * rows[0]
+    assert rows[0] @ rows[1] < 0
+    batch = ObjectiveBatch(names=("a", "b"), jacobian=rows)
+    projected = (PCGrad().coefficients(batch) @ rows.double()).float()
+    scale = float(rows.norm(dim=1).prod())
+    assert abs(float(projected[0] @ rows[1])) < 1e-6 * scale
+    assert abs(float(projected[1] @ rows[0])) < 1e-6 * scale
+    check_descent(PCGrad, rows)
+
+
+@pytest.mark.parametrize("count", [2, 4, 12])
+def test_gradients_without_conflict_are_summed_unchanged(count: int) -> None:
+    rows = problem(count, "random", count).abs()  # non-negative entries: no inner product < 0
+    step = TrainingProgress(step=count)
+    torch.testing.assert_close(PCGrad().aggregate(rows, progress=step), rows.sum(0))
+    torch.testing.assert_close(PCGrad("mean").aggregate(rows, progress=step), rows.mean(0))
+
+
+@pytest.mark.parametrize("kind", ["random", "ill_conditioned", "anti_collinear"])
+def test_scale_equivariance(kind: str) -> None:
+    check_scale_equivariance(PCGrad, problem(7, kind, 3))
+
+
+@pytest.mark.parametrize("kind", ["with_zero_row", "duplicated", "collinear", "anti_collinear"])
+@pytest.mark.parametrize("count", [2, 6])
+def test_finite_on_zero_duplicated_and_collinear_rows(kind: str, count: int) -> None:
+    check_finite(PCGrad, problem(count, kind, 4))
+
+
+def test_one_objective_keeps_its_gradient() -> None:
+    row = problem(1, "random", 8)
+    torch.testing.assert_close(PCGrad().aggregate(row), row[0])
+
+
+def test_zero_gradients_give_zero() -> None:
+    assert torch.equal(PCGrad().aggregate(torch.zeros(3, 5)), torch.zeros(5))
+    rows = torch.tensor([[0.0, 0.0], [1.0, -2.0], [-1.0, 0.5]])
+    assert torch.isfinite(PCGrad().aggregate(rows)).all()
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_non_finite_gradients_stay_non_finite(bad: float) -> None:
+    rows = problem(4, "random", 1, columns=8)
+    rows[2, 5] = bad
+    for strategy in (PCGrad(), PCGrad("mean")):
+        assert not torch.isfinite(strategy.aggregate(rows)).all()
+        batch = ObjectiveBatch(names=tuple("abcd"), jacobian=rows)
+        assert not torch.isfinite(strategy.weights(batch)).all()
+
+
+def test_orders_are_random_permutations_of_the_others_and_reproducible() -> None:
+    order = order_at(0, 0, 6)
+    for i, row in enumerate(order.tolist()):
+        assert sorted(row) == [j for j in range(6) if j != i]
+    assert torch.equal(order_at(0, 0, 6), order)
+    assert not torch.equal(order_at(0, 1, 6), order)
+    assert not torch.equal(order_at(1, 0, 6), order)
+    counts = torch.zeros(4, 3)  # how often each other objective comes first, per objective
+    for step in range(300):
+        first = order_at(2, step, 4)[:, 0]
+        counts[torch.arange(4), first - (first > torch.arange(4)).long()] += 1
+    assert counts.sum(1).eq(300).all() and counts.min() > 60, counts  # 100 expected each
+
+
+def test_same_step_same_update_other_step_other_orders() -> None:
+    rows = problem(8, "random", 6)
+    at = [TrainingProgress(step=step) for step in (4, 4, 5)]
+    first, again, later = (PCGrad(seed=9).aggregate(rows, progress=p) for p in at)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, later)
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="reduction must be 'sum' or 'mean'"):
+        PCGrad("max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        PCGrad(seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs the jacobian"):
+        PCGrad().direction(ObjectiveBatch(names=("a", "b"), losses=torch.ones(2)))
+    assert repr(PCGrad("mean", seed=3)) == "PCGrad(reduction='mean', seed=3)"
+
+
+class ThreeObjectives(TinyModule):
+    """TinyModule with a third objective, ``mix``, whose gradient conflicts with ``rep``'s (the
+    gradients of ``cls`` and ``rep`` alone do not conflict on this data)."""
+
+    def compute_objectives(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        losses = self.net.losses(*batch)
+        return {**losses, "mix": 0.3 * losses["cls"] - losses["rep"]}
+
+
+def test_one_step_through_lightning_writes_the_projected_sum() -> None:
+    module = ThreeObjectives(PCGrad(seed=4))
+    initial, change = _one_full_batch_step(module)
+    losses = initial.losses(*DATA.tensors)
+    losses["mix"] = 0.3 * losses["cls"] - losses["rep"]
+    params = list(initial.parameters())  # every parameter is shared by two objectives
+    rows = torch.stack([grads_of(losses[name], params) for name in ("cls", "rep", "mix")])
+    assert rows[1] @ rows[2] < 0
+    projected = reference_projections(rows, order_at(4, 0, 3))
+    torch.testing.assert_close(change, projected.sum(0).float())
+    assert (change - rows.sum(0)).norm() > 0.1 * rows.sum(0).norm()
