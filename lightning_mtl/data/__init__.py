@@ -1,6 +1,22 @@
 """Data modules, samplers and augmentations."""
 
 from lightning_mtl.data.digits import DigitsDataModule, digits_two_view_augment
+from lightning_mtl.data.long_tail import (
+    CIFARLongTailDataModule,
+    ClassBalancedSampler,
+    DigitsLongTailDataModule,
+    long_tail_counts,
+    long_tail_indices,
+)
 from lightning_mtl.data.samplers import EpochSeededRandomSampler
 
-__all__ = ["DigitsDataModule", "EpochSeededRandomSampler", "digits_two_view_augment"]
+__all__ = [
+    "CIFARLongTailDataModule",
+    "ClassBalancedSampler",
+    "DigitsDataModule",
+    "DigitsLongTailDataModule",
+    "EpochSeededRandomSampler",
+    "digits_two_view_augment",
+    "long_tail_counts",
+    "long_tail_indices",
+]

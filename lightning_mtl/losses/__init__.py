@@ -1,4 +1,4 @@
-"""Loss functions: contrastive, SwAV with Sinkhorn, SimGCD self-distillation."""
+"""Loss functions: contrastive, SwAV with Sinkhorn, SimGCD self-distillation, long-tail."""
 
 from lightning_mtl.losses.distillation import (
     SelfDistillationLoss,
@@ -6,14 +6,28 @@ from lightning_mtl.losses.distillation import (
     self_distillation_loss,
     teacher_temperature,
 )
+from lightning_mtl.losses.long_tail import (
+    BalancedSoftmaxLoss,
+    DeferredReweighting,
+    LDAMLoss,
+    LogitAdjustedLoss,
+    drw_weights,
+    mixup,
+)
 from lightning_mtl.losses.supcon import SupConLoss, supervised_contrastive_loss
 from lightning_mtl.losses.swav import SwAVLoss, sinkhorn_knopp, swav_loss
 
 __all__ = [
+    "BalancedSoftmaxLoss",
+    "DeferredReweighting",
+    "LDAMLoss",
+    "LogitAdjustedLoss",
     "SelfDistillationLoss",
     "SelfDistillationOutput",
     "SupConLoss",
     "SwAVLoss",
+    "drw_weights",
+    "mixup",
     "self_distillation_loss",
     "sinkhorn_knopp",
     "supervised_contrastive_loss",

@@ -1,0 +1,652 @@
+"""Long-tailed training splits: the exponential CIFAR-LT profile, a class-balanced sampler, and
+data modules for CIFAR-10/100-LT (from a local copy) and for a long-tailed split of scikit-learn's
+digits (bundled, for a recipe that runs in minutes on a CPU).
+
+CIFAR-LT follows Cao et al. (2019, LDAM-DRW): class ``c`` keeps
+``n_c = ⌊n_max · (1/ρ)^{c/(C−1)}⌋`` training images, so class 0 is the head (``n_max``) and class
+``C − 1`` the tail (``n_max / ρ``); the test set stays balanced and unchanged. Nothing is ever
+downloaded here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from sklearn.datasets import load_digits
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
+
+from lightning_mtl.data.samplers import EpochSeededRandomSampler
+
+__all__ = [
+    "CIFARLongTailDataModule",
+    "ClassBalancedSampler",
+    "DigitsLongTailDataModule",
+    "long_tail_counts",
+    "long_tail_indices",
+]
+
+Labels = Sequence[int] | np.ndarray | Tensor
+
+# Per-channel statistics used by the LDAM-DRW reference code for both CIFAR-10 and CIFAR-100;
+# kept identical so that results are comparable with the CIFAR-LT literature.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+_CIFAR = {
+    # name: (torchvision folder, files torchvision reads, images per class in the full train set)
+    "cifar10": (
+        "cifar-10-batches-py",
+        (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
+        5000,
+    ),
+    "cifar100": ("cifar-100-python", ("train", "test", "meta"), 500),
+}
+_CIFAR_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) ``>= minimum``, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _labels_array(targets: Labels) -> np.ndarray:
+    """Integer labels as a 1-D int64 NumPy array; ValueError for other shapes or dtypes."""
+    if isinstance(targets, Tensor):
+        targets = targets.detach().cpu().numpy()
+    array = np.asarray(targets)
+    if array.ndim != 1:
+        raise ValueError(f"`targets` must be 1-D, got shape {array.shape}.")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"`targets` must be integer labels, got dtype {array.dtype}.")
+    if array.size and array.min() < 0:
+        raise ValueError(f"`targets` must be >= 0, got a label {int(array.min())}.")
+    return array.astype(np.int64, copy=False)
+
+
+def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> list[int]:
+    """Exponential long-tail profile ``n_c = int(n_max · (1/ρ)^{c/(C−1)})``, ``c = 0 … C−1``.
+
+    Rounding truncates toward zero (Python's ``int``), as the LDAM-DRW reference does; this is
+    what the published CIFAR-LT sizes are (12406 training images for CIFAR-10 at ``ρ = 100``).
+    Class 0 keeps ``n_max``; the last class keeps ``int(n_max / ρ)``. ``ρ = 1`` is balanced.
+
+    Args:
+        n_max: Samples of the head class (>= 1); 5000 for CIFAR-10, 500 for CIFAR-100.
+        num_classes: Number of classes ``C`` (>= 2).
+        imbalance_ratio: ``ρ = n_max / n_min`` (>= 1); 50, 100 or 200 in the CIFAR-LT protocol.
+
+    Returns:
+        The ``C`` counts, non-increasing.
+
+    Raises:
+        ValueError: If an argument is out of range or the tail class would get no sample
+            (``ρ > n_max``).
+
+    Example::
+
+        >>> long_tail_counts(5000, 10, 100)
+        [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+        >>> sum(long_tail_counts(500, 100, 100))  # CIFAR-100-LT, ρ = 100
+        10847
+    """
+    n_max = _check_int("n_max", n_max, 1)
+    num_classes = _check_int("num_classes", num_classes, 2)
+    if not (isinstance(imbalance_ratio, int | float) and 1.0 <= imbalance_ratio < float("inf")):
+        raise ValueError(
+            f"`imbalance_ratio` must be a finite number >= 1, got {imbalance_ratio!r}."
+        )
+    # Same expression as the reference, (1/ρ)^(c/(C−1)), so float rounding gives the same ints.
+    factor = 1.0 / imbalance_ratio
+    counts = [int(n_max * factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+    if counts[-1] < 1:
+        raise ValueError(
+            f"imbalance_ratio={imbalance_ratio} with n_max={n_max} leaves the tail class with no "
+            "sample; use a ratio <= n_max."
+        )
+    return counts
+
+
+def long_tail_indices(targets: Labels, counts: Sequence[int]) -> np.ndarray:
+    """Indices of the first ``counts[c]`` samples of every class ``c``, in dataset order.
+
+    Taking the *first* samples (rather than a seeded random subset, as the LDAM-DRW reference
+    does with ``np.random.seed(0)``) makes the split a pure function of the data order, independent
+    of any RNG; the class sizes, which define the benchmark, are the same.
+
+    Args:
+        targets: ``[N]`` integer labels in ``[0, len(counts))``.
+        counts: Samples to keep per class (each >= 0).
+
+    Returns:
+        Sorted int64 array of the kept indices (``sum(counts)`` of them).
+
+    Raises:
+        ValueError: If a label is out of range, a count is negative, or a class has fewer samples
+            than requested.
+
+    Example::
+
+        >>> long_tail_indices([0, 1, 0, 2, 1, 0, 2], [2, 1, 0])
+        array([0, 1, 2])
+        >>> long_tail_indices([2, 0, 0, 1, 0], [3, 1, 1]).tolist()
+        [0, 1, 2, 3, 4]
+    """
+    labels = _labels_array(targets)
+    wanted = np.asarray(counts, dtype=np.int64)
+    if wanted.ndim != 1 or (wanted < 0).any():
+        raise ValueError(f"`counts` must be a 1-D sequence of ints >= 0, got {list(counts)}.")
+    num_classes = wanted.size
+    if labels.size and labels.max() >= num_classes:
+        raise ValueError(
+            f"`targets` has label {int(labels.max())} but `counts` covers {num_classes} classes."
+        )
+    available = np.bincount(labels, minlength=num_classes)
+    short = np.flatnonzero(available < wanted)
+    if short.size:
+        c = int(short[0])
+        raise ValueError(
+            f"class {c} has {int(available[c])} samples but {int(wanted[c])} were requested "
+            f"({short.size} class(es) too small)."
+        )
+    # Rank of every sample within its class (0 for its first occurrence), without a Python loop:
+    # a stable sort groups classes while keeping dataset order inside each class.
+    order = np.argsort(labels, kind="stable")
+    class_start = np.concatenate(([0], np.cumsum(available)[:-1]))
+    rank = np.empty_like(labels)
+    rank[order] = np.arange(labels.size) - class_start[labels[order]]
+    return np.flatnonzero(rank < wanted[labels]).astype(np.int64)
+
+
+class ClassBalancedSampler(Sampler[int]):
+    """Class-aware sampling for classifier re-training (cRT, Kang et al., 2020).
+
+    Every draw picks a class uniformly among the classes present in ``targets``, then one of its
+    samples uniformly, independently (with replacement), so each class fills about ``1/K`` of
+    every batch however rare it is. The order is a pure function of ``(seed, epoch)``, like
+    :class:`~lightning_mtl.data.samplers.EpochSeededRandomSampler`; Lightning calls
+    :meth:`set_epoch` every epoch.
+
+    Args:
+        targets: ``[N]`` integer labels of the dataset being sampled.
+        num_samples: Draws per epoch (>= 1); ``None`` means ``N``, so an epoch has as many steps
+            as with ordinary shuffling.
+        seed: Base seed; epoch ``e`` uses ``seed + e``.
+
+    Raises:
+        ValueError: If ``targets`` is empty or an argument is out of range.
+
+    Example::
+
+        >>> sampler = ClassBalancedSampler([0] * 98 + [1, 2], num_samples=3000, seed=0)
+        >>> counts = torch.bincount(torch.tensor([sampler.targets[i] for i in sampler]))
+        >>> bool((counts - 1000).abs().max() < 100), len(sampler)
+        (True, 3000)
+    """
+
+    def __init__(self, targets: Labels, num_samples: int | None = None, seed: int = 0) -> None:
+        labels = _labels_array(targets)
+        if labels.size == 0:
+            raise ValueError("`targets` is empty; there is nothing to sample.")
+        self.num_samples = labels.size if num_samples is None else num_samples
+        _check_int("num_samples", self.num_samples, 1)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"`seed` must be an int, got {type(seed).__name__}.")
+        self.targets = labels
+        self.seed = seed
+        self.epoch = 0
+        counts = np.bincount(labels)
+        self.classes = np.flatnonzero(counts)
+        # Dataset indices grouped by class; class k's samples sit at offsets[k] .. offsets[k]+n_k.
+        self._grouped = torch.from_numpy(np.argsort(labels, kind="stable"))
+        present = counts[self.classes]
+        self._sizes = torch.from_numpy(present)
+        self._offsets = torch.from_numpy(np.concatenate(([0], np.cumsum(present)[:-1])))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the draws of the next iteration.
+
+        Args:
+            epoch: Non-negative epoch index.
+
+        Raises:
+            ValueError: If ``epoch`` is not a non-negative integer.
+
+        Example::
+
+            >>> sampler = ClassBalancedSampler([0, 1, 1], seed=0)
+            >>> sampler.set_epoch(3)
+            >>> sampler.epoch
+            3
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"`epoch` must be a non-negative int, got {epoch!r}.")
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        """Yield ``num_samples`` dataset indices for the current ``(seed, epoch)``.
+
+        Example::
+
+            >>> list(ClassBalancedSampler([0, 1, 1], seed=4)) == list(ClassBalancedSampler(
+            ...     [0, 1, 1], seed=4))
+            True
+        """
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        klass = torch.randint(len(self._sizes), (self.num_samples,), generator=generator)
+        # floor(u · n_k) is uniform on 0 … n_k − 1; the clamp guards against u rounding to 1.
+        u = torch.rand(self.num_samples, generator=generator, dtype=torch.float64)
+        within = (u * self._sizes[klass]).long().clamp(max=self._sizes[klass] - 1)
+        yield from self._grouped[self._offsets[klass] + within].tolist()
+
+    def __len__(self) -> int:
+        """Draws per epoch.
+
+        Example::
+
+            >>> len(ClassBalancedSampler([0, 1, 1], num_samples=8))
+            8
+        """
+        return self.num_samples
+
+
+def _train_loader(
+    dataset: Dataset,
+    targets: np.ndarray,
+    batch_size: int,
+    class_balanced: bool,
+    seed: int,
+    drop_last: bool,
+    num_workers: int,
+) -> DataLoader:
+    """Seeded training loader, instance-uniform or class-balanced."""
+    sampler: Sampler[int] = (
+        ClassBalancedSampler(targets, seed=seed)
+        if class_balanced
+        else EpochSeededRandomSampler(len(targets), seed=seed)
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def _eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Unshuffled loader that keeps the last partial batch so every sample is evaluated."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def _require(dataset: Dataset | None, name: str) -> Dataset:
+    """Return ``dataset`` or fail with a hint to call ``setup`` first."""
+    if dataset is None:
+        raise RuntimeError(f"`{name}` is not built yet; call `setup()` before the dataloaders.")
+    return dataset
+
+
+def _check_loader_args(batch_size: int, num_workers: int, seed: int) -> None:
+    """Shared argument checks of the two data modules."""
+    _check_int("batch_size", batch_size, 1)
+    _check_int("num_workers", num_workers, 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"`seed` must be an int, got {type(seed).__name__}.")
+
+
+class CIFARLongTailDataModule(LightningDataModule):
+    """CIFAR-10-LT / CIFAR-100-LT (Cao et al., 2019) from a local copy of CIFAR.
+
+    ``root`` must hold torchvision's layout: ``root/cifar-10-batches-py/`` (``data_batch_1`` …
+    ``data_batch_5``, ``test_batch``, ``batches.meta``) or ``root/cifar-100-python/`` (``train``,
+    ``test``, ``meta``). It is read with ``torchvision.datasets.CIFAR10/100(root,
+    download=False)``, which also verifies the files' MD5 sums. Nothing is downloaded.
+
+    The training split keeps the first :func:`long_tail_counts` images of each class, in the
+    original order (:func:`long_tail_indices`); class 0 is the head. Validation and test both use
+    the full, balanced CIFAR test set (the CIFAR-LT protocol has no separate validation split), so
+    validation metrics are test metrics. Training images get the standard augmentation (random
+    32×32 crop with 4-pixel zero padding, horizontal flip); all images are normalised with the
+    LDAM-DRW statistics (:data:`CIFAR_MEAN`, :data:`CIFAR_STD`). Augmentations use torch's global
+    RNG (per worker), so seed runs with ``lightning.seed_everything(seed, workers=True)``.
+
+    The training order comes from :class:`EpochSeededRandomSampler`, or, with
+    ``class_balanced=True`` (cRT's classifier re-training), from :class:`ClassBalancedSampler`;
+    both are seeded with ``seed``.
+
+    Args:
+        root: Folder that contains the CIFAR folder.
+        dataset: ``"cifar10"`` or ``"cifar100"``.
+        imbalance_ratio: ``ρ = n_max / n_min`` (>= 1); 50, 100 or 200 in the protocol.
+        batch_size: Samples per batch; 64 in PLOT's CIFAR experiments.
+        class_balanced: Sample classes uniformly (cRT) instead of instances.
+        max_per_class: Head-class size ``n_max``; ``None`` means all of it (5000 / 500).
+        num_workers: DataLoader worker processes.
+        seed: Seed of the training sampler.
+        drop_last: Drop the last incomplete training batch (the LDAM-DRW reference does not).
+
+    Raises:
+        ValueError: If an argument is out of range.
+
+    Example::
+
+        >>> dm = CIFARLongTailDataModule("/data", dataset="cifar10", imbalance_ratio=100)
+        >>> dm.class_counts  # available before setup: a function of the arguments
+        [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+        >>> dm.num_classes, sum(CIFARLongTailDataModule("/data", "cifar100", 200).class_counts)
+        (10, 9502)
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        dataset: Literal["cifar10", "cifar100"] = "cifar10",
+        imbalance_ratio: float = 100,
+        batch_size: int = 64,
+        class_balanced: bool = False,
+        max_per_class: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if dataset not in _CIFAR:
+            raise ValueError(f"`dataset` must be one of {sorted(_CIFAR)}, got {dataset!r}.")
+        _check_loader_args(batch_size, num_workers, seed)
+        folder, files, full_size = _CIFAR[dataset]
+        n_max = full_size if max_per_class is None else max_per_class
+        # Validates the ratio and n_max now rather than at setup.
+        self._class_counts = long_tail_counts(n_max, _CIFAR_NUM_CLASSES[dataset], imbalance_ratio)
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.dataset = dataset
+        self.imbalance_ratio = imbalance_ratio
+        self.batch_size = batch_size
+        self.class_balanced = class_balanced
+        self.num_workers = num_workers
+        self.seed = seed
+        self.drop_last = drop_last
+        self._folder, self._files = folder, files
+        self.train_dataset: Subset | None = None
+        self.train_targets: np.ndarray | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """10 or 100."""
+        return _CIFAR_NUM_CLASSES[self.dataset]
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training images per class (the long-tail profile), class 0 first."""
+        return list(self._class_counts)
+
+    def _check_files(self) -> None:
+        """FileNotFoundError naming the expected layout when a CIFAR file is missing."""
+        base = self.root / self._folder
+        missing = [name for name in self._files if not (base / name).is_file()]
+        if missing:
+            name = "CIFAR10" if self.dataset == "cifar10" else "CIFAR100"
+            raise FileNotFoundError(
+                f"{name} not found under {str(self.root)!r}: expected the folder "
+                f"{str(base)!r} with the files {', '.join(self._files)} "
+                f"(missing: {', '.join(missing)}). This module never downloads. Get the data once "
+                f"on a machine with internet access with "
+                f"`torchvision.datasets.{name}({str(self.root)!r}, download=True)`, or extract "
+                f"the python version archive from https://www.cs.toronto.edu/~kriz/cifar.html "
+                f"into the root folder."
+            )
+
+    def _load(self, train: bool, transform: object) -> Dataset:
+        """The torchvision data set, with a clear error when the MD5 check fails."""
+        from torchvision import datasets
+
+        cls = datasets.CIFAR10 if self.dataset == "cifar10" else datasets.CIFAR100
+        try:
+            return cls(str(self.root), train=train, transform=transform, download=False)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"{cls.__name__} files under {str(self.root / self._folder)!r} exist but failed "
+                f"torchvision's integrity (MD5) check; re-extract the original archive. ({error})"
+            ) from error
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the data and build the long-tailed training split (idempotent).
+
+        Args:
+            stage: Lightning stage or ``None``; every split is built regardless.
+
+        Raises:
+            FileNotFoundError: If the CIFAR folder or one of its files is missing.
+            RuntimeError: If the files fail torchvision's MD5 check.
+            ValueError: If the data has fewer images of a class than the profile needs.
+
+        Example::
+
+            >>> CIFARLongTailDataModule("/nonexistent").setup()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            FileNotFoundError: CIFAR10 not found under '/nonexistent': expected the folder ...
+        """
+        if self.train_dataset is not None:
+            return
+        from torchvision import transforms
+
+        self._check_files()
+        normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
+        train_transform = transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
+        )
+        test_transform = transforms.Compose([transforms.ToTensor(), normalize])
+        full_train = self._load(True, train_transform)
+        targets = np.asarray(full_train.targets, dtype=np.int64)  # type: ignore[attr-defined]
+        indices = long_tail_indices(targets, self._class_counts)
+        self.train_dataset = Subset(full_train, indices.tolist())
+        self.train_targets = targets[indices]
+        self.test_dataset = self._load(False, test_transform)
+        self.val_dataset = self.test_dataset
+
+    def train_dataloader(self) -> DataLoader:
+        """Training loader over the long-tailed split (seeded, optionally class-balanced)."""
+        dataset = _require(self.train_dataset, "train_dataset")
+        assert self.train_targets is not None
+        return _train_loader(
+            dataset,
+            self.train_targets,
+            self.batch_size,
+            self.class_balanced,
+            self.seed,
+            self.drop_last,
+            self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation loader: the balanced CIFAR test set, unshuffled."""
+        return _eval_loader(
+            _require(self.val_dataset, "val_dataset"), self.batch_size, self.num_workers
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        """Test loader: the balanced CIFAR test set, unshuffled."""
+        return _eval_loader(
+            _require(self.test_dataset, "test_dataset"), self.batch_size, self.num_workers
+        )
+
+
+# Pixel values of load_digits are integer counts in [0, 16].
+_DIGITS_MAX_PIXEL = 16.0
+
+
+def _digits_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
+    """Flat ``[N, 64]`` pixel counts → ``[N, 1, 8, 8]`` float32 images in [0, 1], int64 labels."""
+    x = torch.from_numpy(images / _DIGITS_MAX_PIXEL).to(torch.float32).reshape(-1, 1, 8, 8)
+    return TensorDataset(x, torch.from_numpy(labels).to(torch.int64))
+
+
+class DigitsLongTailDataModule(LightningDataModule):
+    """A long-tailed training split of scikit-learn's 8×8 digits, with a balanced validation set.
+
+    The 1797 bundled images (174–183 per class) are shuffled once with ``seed``; the first
+    ``val_per_class`` images of every class form the balanced validation set, and of the rest the
+    first :func:`long_tail_counts` ``(max_per_class, 10, imbalance_ratio)`` images of class ``c``
+    form the training set (class 0 is the head); after :meth:`setup`, ``train_indices`` and
+    ``val_indices`` hold the chosen positions in ``load_digits`` order. The test set is the
+    validation set. Images are ``[1, 8, 8]`` float32 in ``[0, 1]``. Nothing is downloaded; a recipe
+    on it runs in minutes on a CPU. Ratios of 10–50 give a visible Many/Medium/Few split with the
+    defaults; at ρ = 20 the CIFAR thresholds (> 100 many, < 20 few) leave a single many-shot
+    class, so pass e.g. ``many_threshold=60, few_threshold=15`` to ``LongTailAccuracy`` for a
+    3 / 4 / 3 split.
+
+    Args:
+        imbalance_ratio: ``ρ`` (>= 1, at most ``max_per_class``); default 20.
+        batch_size: Samples per batch.
+        class_balanced: Sample classes uniformly (cRT) instead of instances.
+        max_per_class: Head-class size; at most ``174 − val_per_class``.
+        val_per_class: Validation images per class (>= 1).
+        num_workers: DataLoader worker processes.
+        seed: Seed of the shuffle and of the training sampler.
+        drop_last: Drop the last incomplete training batch.
+
+    Raises:
+        ValueError: If an argument is out of range.
+
+    Example::
+
+        >>> dm = DigitsLongTailDataModule(imbalance_ratio=20)
+        >>> dm.class_counts
+        [140, 100, 71, 51, 36, 26, 19, 13, 9, 7]
+        >>> dm.setup("fit")
+        >>> len(dm.train_dataset), len(dm.val_dataset)
+        (472, 300)
+    """
+
+    # The smallest class of load_digits has 174 images.
+    _SMALLEST_CLASS = 174
+
+    def __init__(
+        self,
+        imbalance_ratio: float = 20,
+        batch_size: int = 64,
+        class_balanced: bool = False,
+        max_per_class: int = 140,
+        val_per_class: int = 30,
+        num_workers: int = 0,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_loader_args(batch_size, num_workers, seed)
+        _check_int("val_per_class", val_per_class, 1)
+        _check_int("max_per_class", max_per_class, 1)
+        if max_per_class + val_per_class > self._SMALLEST_CLASS:
+            raise ValueError(
+                f"max_per_class + val_per_class = {max_per_class + val_per_class} exceeds the "
+                f"{self._SMALLEST_CLASS} images of the smallest digits class."
+            )
+        self._class_counts = long_tail_counts(max_per_class, 10, imbalance_ratio)
+        self.save_hyperparameters()
+        self.imbalance_ratio = imbalance_ratio
+        self.batch_size = batch_size
+        self.class_balanced = class_balanced
+        self.val_per_class = val_per_class
+        self.num_workers = num_workers
+        self.seed = seed
+        self.drop_last = drop_last
+        self.train_dataset: TensorDataset | None = None
+        self.val_dataset: TensorDataset | None = None
+        self.test_dataset: TensorDataset | None = None
+        self.train_indices: np.ndarray | None = None
+        self.val_indices: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of digit classes (10)."""
+        return 10
+
+    @property
+    def class_counts(self) -> list[int]:
+        """Training images per class, class 0 first."""
+        return list(self._class_counts)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the bundled digits and build the splits (idempotent).
+
+        Args:
+            stage: Lightning stage or ``None``; every split is built regardless.
+
+        Example::
+
+            >>> dm = DigitsLongTailDataModule(imbalance_ratio=10, seed=1)
+            >>> dm.setup()
+            >>> torch.bincount(dm.train_dataset.tensors[1]).tolist() == dm.class_counts
+            True
+        """
+        if self.train_dataset is not None:
+            return
+        images, labels = load_digits(return_X_y=True)
+        perm = np.random.default_rng(self.seed).permutation(labels.size)
+        images, labels = images[perm], labels[perm].astype(np.int64)
+        val_idx = long_tail_indices(labels, [self.val_per_class] * 10)
+        rest = np.setdiff1d(np.arange(labels.size), val_idx)  # sorted: keeps the shuffled order
+        train_idx = rest[long_tail_indices(labels[rest], self._class_counts)]
+        # Positions in load_digits' order, kept so the split can be inspected and reproduced.
+        self.train_indices, self.val_indices = perm[train_idx], perm[val_idx]
+        self.train_dataset = _digits_dataset(images[train_idx], labels[train_idx])
+        self.val_dataset = _digits_dataset(images[val_idx], labels[val_idx])
+        self.test_dataset = self.val_dataset
+
+    def train_dataloader(self) -> DataLoader:
+        """Training loader over the long-tailed split (seeded, optionally class-balanced).
+
+        Example::
+
+            >>> dm = DigitsLongTailDataModule(batch_size=32, class_balanced=True)
+            >>> dm.setup()
+            >>> images, labels = next(iter(dm.train_dataloader()))
+            >>> tuple(images.shape), labels.dtype
+            ((32, 1, 8, 8), torch.int64)
+        """
+        dataset = _require(self.train_dataset, "train_dataset")
+        targets = dataset.tensors[1].numpy()  # type: ignore[attr-defined]
+        return _train_loader(
+            dataset,
+            targets,
+            self.batch_size,
+            self.class_balanced,
+            self.seed,
+            self.drop_last,
+            self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation loader (balanced, unshuffled)."""
+        return _eval_loader(
+            _require(self.val_dataset, "val_dataset"), self.batch_size, self.num_workers
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        """Test loader: the validation set."""
+        return _eval_loader(
+            _require(self.test_dataset, "test_dataset"), self.batch_size, self.num_workers
+        )
