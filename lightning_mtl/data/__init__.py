@@ -8,6 +8,7 @@ from lightning_mtl.data.long_tail import (
     long_tail_counts,
     long_tail_indices,
 )
+from lightning_mtl.data.multidigits import MultiDigitsDataModule
 from lightning_mtl.data.samplers import EpochSeededRandomSampler
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DigitsDataModule",
     "DigitsLongTailDataModule",
     "EpochSeededRandomSampler",
+    "MultiDigitsDataModule",
     "digits_two_view_augment",
     "long_tail_counts",
     "long_tail_indices",
