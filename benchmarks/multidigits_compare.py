@@ -57,7 +57,7 @@ from lightning_mtl.strategies import GradientBalancingStrategy
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "multidigits_mtl.yaml"
 # PGI is not listed: it balances exactly two objectives and this problem has three or more.
-DEFAULT_STRATEGIES = ("LinearScalarization", "MGDA", "CAGrad", "PCGrad", "NashMTL", "UPGrad")
+DEFAULT_STRATEGIES = ("LinearScalarization", "RGB", "MGDA", "CAGrad", "PCGrad", "NashMTL", "UPGrad")
 SINGLE_TASK = "single-task"
 
 # Lightning's advice that does not apply to a short in-memory benchmark, and a deprecation
