@@ -82,8 +82,11 @@ def _active_set(
     )
     if c.shape != g.shape[:-1]:
         raise ValueError(f"linear must be {tuple(g.shape[:-1])}; got {tuple(c.shape)}.")
-    scale = g.diagonal(dim1=-2, dim2=-1).abs().amax(-1, keepdim=True).clamp_min(1e-300)
-    ridge = 1e-13 * scale
+    diagonal = g.diagonal(dim1=-2, dim2=-1).abs()
+    scale = diagonal.amax(-1, keepdim=True).clamp_min(1e-300)
+    # Relative to each weight's own curvature, so badly scaled problems are not biased; the
+    # floor keeps zero rows (zero gradients) solvable.
+    ridge = 1e-13 * diagonal + 1e-30 * scale
     threshold = tol * scale
     if simplex:
         start = torch.argmin(0.5 * g.diagonal(dim1=-2, dim2=-1) + c, dim=-1, keepdim=True)
@@ -137,7 +140,7 @@ def _face_minimiser(
     matrix = matrix + torch.diag_embed(diagonal)
     rhs = torch.where(free, -linear, torch.zeros_like(linear))
     if not simplex:
-        return torch.linalg.solve(matrix, rhs.unsqueeze(-1)).squeeze(-1)
+        return _solve(matrix, rhs)
     border = free.to(gramian.dtype)
     size = linear.shape[-1]
     bordered = torch.zeros(
@@ -147,4 +150,12 @@ def _face_minimiser(
     bordered[..., :size, size] = border
     bordered[..., size, :size] = border
     full_rhs = torch.cat([rhs, torch.ones_like(rhs[..., :1])], dim=-1)
-    return torch.linalg.solve(bordered, full_rhs.unsqueeze(-1)).squeeze(-1)[..., :size]
+    return _solve(bordered, full_rhs)[..., :size]
+
+
+def _solve(matrix: Tensor, rhs: Tensor) -> Tensor:
+    # solve_ex with check_errors=False: torch.linalg.solve reads LAPACK's status on the host
+    # (a synchronisation on CUDA) and raises on singular input, which must instead yield
+    # non-finite weights for the callers' fallbacks.
+    solution, _ = torch.linalg.solve_ex(matrix, rhs.unsqueeze(-1), check_errors=False)
+    return solution.squeeze(-1)
