@@ -173,6 +173,22 @@ class GradientBalancingStrategy:
         return f"{type(self).__name__}()"
 
 
+def objective_losses(batch: ObjectiveBatch, method: str) -> Tensor:
+    """``batch.losses``, or a clear error for loss-based methods applied without them."""
+    if batch.losses is None:
+        raise ValueError(
+            f"{method} weighs objectives by their loss values: pass losses=... to aggregate()."
+        )
+    return batch.losses
+
+
+def weight_log_values(names: tuple[str, ...], weights: Tensor | None) -> dict[str, Tensor | float]:
+    """``{"weight/<name>": w}`` for the weights of the last step, for :meth:`log_values`."""
+    if weights is None:
+        return {}
+    return {f"weight/{name}": value for name, value in zip(names, weights, strict=True)}
+
+
 def device_vector(values: Sequence[float], like: Tensor) -> Tensor:
     """A float32 vector of Python numbers on ``like``'s device.
 

@@ -9,23 +9,13 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
-
-
-def objective_losses(batch: ObjectiveBatch, method: str) -> Tensor:
-    """``batch.losses``, or a clear error for loss-based methods applied without them."""
-    if batch.losses is None:
-        raise ValueError(
-            f"{method} weighs objectives by their loss values: pass losses=... to aggregate()."
-        )
-    return batch.losses
-
-
-def weight_log_values(names: tuple[str, ...], weights: Tensor | None) -> dict[str, Tensor | float]:
-    """``{"weight/<name>": w}`` for the weights of the last step, for :meth:`log_values`."""
-    if weights is None:
-        return {}
-    return {f"weight/{name}": value for name, value in zip(names, weights, strict=True)}
+from lightning_mtl.strategies.base import (
+    GradientBalancingStrategy,
+    ObjectiveBatch,
+    Requirement,
+    objective_losses,
+    weight_log_values,
+)
 
 
 class DWA(GradientBalancingStrategy):

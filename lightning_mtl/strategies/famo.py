@@ -15,8 +15,9 @@ from lightning_mtl.strategies.base import (
     ObjectiveBatch,
     Requirement,
     device_vector,
+    objective_losses,
+    weight_log_values,
 )
-from lightning_mtl.strategies.dwa import objective_losses, weight_log_values
 
 # The authors' constants: Adam's default moments and the offset that keeps log(L − L*) finite.
 BETAS = (0.9, 0.999)

@@ -13,8 +13,8 @@ from lightning_mtl.strategies.base import (
     ObjectiveBatch,
     Requirement,
     step_generator,
+    weight_log_values,
 )
-from lightning_mtl.strategies.dwa import weight_log_values
 
 Distribution = Literal["normal", "uniform", "dirichlet"]
 

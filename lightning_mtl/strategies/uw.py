@@ -9,8 +9,13 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
-from lightning_mtl.strategies.dwa import objective_losses, weight_log_values
+from lightning_mtl.strategies.base import (
+    GradientBalancingStrategy,
+    ObjectiveBatch,
+    Requirement,
+    objective_losses,
+    weight_log_values,
+)
 
 
 class UW(GradientBalancingStrategy):

@@ -1,0 +1,304 @@
+"""EPO: Exact Pareto Optimal search along a preference ray, one linear program per step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_mtl.strategies._gramian_tools import Preference, PreferenceSpec, finite_or
+from lightning_mtl.strategies.base import (
+    GradientBalancingStrategy,
+    ObjectiveBatch,
+    Requirement,
+    objective_losses,
+    weight_log_values,
+)
+
+# Constraint rows below this fraction of the largest coefficient are treated as zero rows.
+_NEGLIGIBLE = 1e-12
+# Relative ridge on the diagonal of the normal equations.
+_RIDGE = 1e-13
+# Fraction of the distance to the boundary of the positive orthant that a step may cover.
+_TO_BOUNDARY = 0.99
+
+
+class EPO(GradientBalancingStrategy):
+    """Exact Pareto Optimal search (Mahapatra & Rajan, "Multi-Task Learning with User
+    Preferences: Gradient Descent with Controlled Ascent in Pareto Optimization", ICML 2020).
+
+    EPO steers the losses ``l`` to the preference ray, where ``r_1 l_1 = … = r_T l_T``, and then
+    descends along it. With ``l̂ = r∘l / Σ r∘l``, the non-uniformity ``μ = Σ_i l̂_i log(T l̂_i)``
+    (the KL divergence from uniform) measures the distance to the ray, and
+    ``a = r ∘ (log(T l̂) − μ)`` is proportional to its gradient with respect to ``l``. Each step
+    solves a linear program over weights ``β`` on the simplex, with ``C = G`` the Gramian:
+
+    * balance mode (``μ > eps``): maximise ``βᵀ C a``, the first-order decrease of ``μ``, subject
+      to ``(C β)_j ≥ (C a)_j`` for the objectives with ``(C a)_j ≤ 0`` and ``(C β)_j ≥ 0`` for
+      the objectives of largest ``r_j l_j`` (with ``(C β)_j ≥ 0`` for all ``j`` when no
+      ``(C a)_j`` is positive);
+    * descent mode (``μ ≤ eps``): maximise ``Σ_j (C β)_j`` subject to ``C β ≥ 0`` (every loss
+      decreases to first order) and ``βᵀ C a ≥ min(max_j (C a)_j, 0)``.
+
+    The update is ``T Σ_i β_i ∇l_i``. The rules for the constraint sets, ``eps = 1e-4``, the
+    factor ``T`` and the fallback ``β = r / Σ r`` when the program has no solution are those of
+    the authors' code (``epo_lp.py``, ``epo_train.py``).
+
+    Choices made here:
+
+    * The authors solve the program with GLPK on the host. We solve it on the device with
+      Mehrotra's predictor–corrector interior-point method (Nocedal & Wright, *Numerical
+      Optimization*, algorithm 14.3) in float64 with a fixed number of iterations, after
+      equilibrating the constraint rows and the objective (which leaves the program unchanged).
+      An infeasible program (the descent constraints can contradict each other) shows in the
+      residuals after the last iteration; then the fallback applies, as it does if the method
+      has not converged (the default 40 iterations are twice what the test problems need).
+      Where several ``β`` are optimal, the interior-point method ends inside the optimal face,
+      near its analytic centre, where GLPK returns a vertex: on the ray with orthogonal
+      gradients of equal norm, for instance, every ``β`` is optimal and we return the uniform
+      one, GLPK a single objective. Both are solutions of the paper's program.
+    * The mode is chosen with ``torch.where`` (both programs are set up, one is solved).
+    * EPO needs positive losses (the authors' code raises otherwise); a loss ``≤ 0`` counts as
+      0, so ``l̂_i = 0`` (the objective is as far ahead as can be), with ``0 log 0 = 0``; when
+      every loss is 0 the losses are on the ray.
+
+    Args:
+        preference: ``r_t > 0``, by objective name (naming every objective) or in row order;
+            ``None`` for equal ``r_t`` (all losses equal on the ray). Only the ray matters, so
+            ``r`` and ``2 r`` are the same preference.
+        eps: the non-uniformity below which EPO descends instead of balancing.
+        iterations: interior-point iterations per step.
+        tol: the largest relative primal and dual residual and duality gap accepted as a
+            solution of the program.
+
+    Example::
+
+        >>> import torch
+        >>> epo = EPO()
+        >>> gradients = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> epo.aggregate(gradients, losses=torch.tensor([2.0, 1.0])).round(decimals=6)  # balance
+        tensor([2., 0.])
+        >>> epo.aggregate(gradients, losses=torch.tensor([1.0, 1.0]))  # on the ray: descend
+        tensor([1., 1.])
+    """
+
+    requirement = Requirement.GRAMIAN
+
+    def __init__(
+        self,
+        preference: PreferenceSpec = None,
+        eps: float = 1e-4,
+        iterations: int = 40,
+        tol: float = 1e-8,
+    ) -> None:
+        self.preference = Preference(preference, "EPO")
+        if 0.0 in _values(self.preference):
+            raise ValueError(
+                f"EPO preference weights must be positive (a zero keeps the losses off every "
+                f"ray); got {preference}."
+            )
+        if not (math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a non-negative number; got {eps}.")
+        if isinstance(iterations, bool) or not (isinstance(iterations, int) and iterations >= 1):
+            raise ValueError(f"iterations must be a positive integer; got {iterations!r}.")
+        if not (math.isfinite(tol) and tol > 0):
+            raise ValueError(f"tol must be a positive number; got {tol}.")
+        self.eps = float(eps)
+        self.iterations = iterations
+        self.tol = float(tol)
+        self.names: tuple[str, ...] = ()
+        self.last_weights: Tensor | None = None
+        self.non_uniformity: Tensor | None = None
+
+    @override
+    def setup(self, names: Sequence[str]) -> None:
+        self.preference.check(names)
+
+    @override
+    def weights(self, batch: ObjectiveBatch) -> Tensor:
+        losses = objective_losses(batch, "EPO")
+        gramian = batch.gramian
+        if gramian is None:
+            raise ValueError("EPO needs the Gramian of the objectives' gradients.")
+        preference = self.preference.vector(batch.names, losses).double()
+        g = gramian.double()
+        non_uniformity, program = _programs(losses.double(), preference, g, self.eps)
+        beta, solved = _maximise_on_simplex(program, self.iterations, self.tol)
+        beta = finite_or(beta, preference / preference.sum(), solved)
+        weights = len(batch.names) * beta
+        finite = torch.isfinite(g).all() & torch.isfinite(losses).all()
+        weights = torch.where(finite, weights, torch.full_like(weights, torch.nan))
+        self.names, self.last_weights = batch.names, weights
+        self.non_uniformity = non_uniformity
+        return weights.to(gramian.dtype)
+
+    @override
+    def log_values(self) -> dict[str, Tensor | float]:
+        values = weight_log_values(self.names, self.last_weights)
+        if self.non_uniformity is not None:
+            values["non_uniformity"] = self.non_uniformity
+        return values
+
+    def __repr__(self) -> str:
+        return (
+            f"EPO(preference={self.preference!r}, eps={self.eps}, iterations={self.iterations}, "
+            f"tol={self.tol})"
+        )
+
+
+def _values(preference: Preference) -> tuple[float, ...]:
+    values = preference.values
+    if isinstance(values, dict):
+        return tuple(values.values())
+    return values if values is not None else ()
+
+
+class _LinearProgram(NamedTuple):
+    """Maximise ``objectiveᵀ β`` over the simplex subject to ``rows[k] β ≥ bounds[k]`` for the
+    ``active`` rows ``k``."""
+
+    objective: Tensor
+    rows: Tensor
+    bounds: Tensor
+    active: Tensor
+
+
+def _programs(
+    losses: Tensor, preference: Tensor, gramian: Tensor, eps: float
+) -> tuple[Tensor, _LinearProgram]:
+    """The non-uniformity ``μ`` and the program of this step's mode (see :class:`EPO`)."""
+    count = losses.shape[0]
+    weighted = (preference * losses).clamp_min(0.0)
+    total = weighted.sum()
+    # All losses at 0 are on every ray: uniform shares.
+    shares = torch.where(total > 0, weighted / total, 1.0 / count)
+    shares = shares.clamp_min(torch.finfo(losses.dtype).tiny)
+    logs = torch.log(count * shares)
+    non_uniformity = (shares * logs).sum()
+    adjustment = preference * (logs - non_uniformity)
+    gains = gramian @ adjustment  # (C a)_j: how fast loss j falls along the balancing direction
+    rising = gains > 0
+    leading = weighted == weighted.max()
+    zero = torch.zeros_like(gains)
+    balance_bounds = torch.where(rising.any(), torch.where(leading, zero, gains), zero)
+    balance_active = ~rising.any() | ~rising | leading
+    balance = _LinearProgram(
+        objective=gains,
+        rows=torch.cat([gramian, zero[None]]),
+        bounds=torch.cat([balance_bounds, zero[:1]]),
+        active=torch.cat([balance_active, balance_active.new_zeros(1)]),
+    )
+    descent = _LinearProgram(
+        objective=gramian.sum(0),
+        rows=torch.cat([gramian, gains[None]]),
+        bounds=torch.cat([zero, gains.max().clamp(max=0.0)[None]]),
+        active=torch.ones(count + 1, dtype=torch.bool, device=gramian.device),
+    )
+    balancing = non_uniformity > eps
+    program = _LinearProgram(
+        *(torch.where(balancing, b, d) for b, d in zip(balance, descent, strict=True))
+    )
+    return non_uniformity, program
+
+
+def _maximise_on_simplex(
+    program: _LinearProgram, iterations: int, tol: float
+) -> tuple[Tensor, Tensor]:
+    """Solve ``program`` by Mehrotra's predictor–corrector method on its standard form.
+
+    With a slack ``s_k`` per row, the variables ``z = (β, s) ≥ 0`` satisfy ``1ᵀβ = 1`` and
+    ``rows β − s = bounds``; an inactive row becomes ``0 β − s_k = −1`` so that shapes stay
+    fixed. Returns ``β`` and whether the final iterate is feasible and optimal to ``tol``.
+    """
+    count, constraints = program.objective.shape[0], program.rows.shape[0]
+    dtype, device = program.objective.dtype, program.objective.device
+    tiny = torch.finfo(dtype).tiny
+    # Every bound is ≤ 0, so a row of (rounding noise about) zeros always holds: that of a zero
+    # gradient, or the C a row of descent mode with the losses on the ray. Equilibrating it
+    # would turn the noise into a constraint.
+    row_scale = program.rows.abs().amax(-1)
+    active = program.active & (row_scale > _NEGLIGIBLE * row_scale.amax())
+    row_scale = row_scale.clamp_min(tiny)
+    rows = torch.where(active[:, None], program.rows / row_scale[:, None], 0.0)
+    bounds = torch.where(active, program.bounds / row_scale, -1.0)
+    objective = program.objective / program.objective.abs().amax().clamp_min(tiny)
+
+    matrix = torch.zeros(constraints + 1, count + constraints, dtype=dtype, device=device)
+    matrix[0, :count] = 1.0
+    matrix[1:, :count] = rows
+    matrix[1:, count:] = -torch.eye(constraints, dtype=dtype, device=device)
+    target = torch.cat([torch.ones_like(bounds[:1]), bounds])
+    cost = torch.cat([-objective, torch.zeros_like(bounds)])
+
+    point = torch.cat([torch.full_like(objective, 1.0 / count), torch.ones_like(bounds)])
+    multipliers = torch.zeros_like(target)
+    reduced = torch.ones_like(point)
+    state = (point, multipliers, reduced)
+    # Iterates stop at tol: closer to the boundary the normal equations lose accuracy.
+    done = _converged(matrix, target, cost, state, tol)
+    for _ in range(iterations):
+        stepped = _mehrotra_step(matrix, target, cost, state)
+        keep = done | ~torch.stack([torch.isfinite(part).all() for part in stepped]).all()
+        state = tuple(torch.where(keep, old, new) for old, new in zip(state, stepped, strict=True))
+        done = done | _converged(matrix, target, cost, state, tol)
+    beta = state[0][:count].clamp_min(0.0)
+    return beta / beta.sum().clamp_min(tiny), done
+
+
+def _converged(
+    matrix: Tensor, target: Tensor, cost: Tensor, state: tuple[Tensor, ...], tol: float
+) -> Tensor:
+    point, multipliers, reduced = state
+    primal = (matrix @ point - target).abs().amax() / (1.0 + target.abs().amax())
+    dual = (matrix.T @ multipliers + reduced - cost).abs().amax() / (1.0 + cost.abs().amax())
+    gap = (point @ reduced) / (1.0 + (cost @ point).abs())
+    return (primal <= tol) & (dual <= tol) & (gap <= tol)
+
+
+def _mehrotra_step(
+    matrix: Tensor, target: Tensor, cost: Tensor, state: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor, Tensor]:
+    point, multipliers, reduced = state
+    primal_residual = matrix @ point - target
+    dual_residual = matrix.T @ multipliers + reduced - cost
+    ratio = point / reduced
+    normal = (matrix * ratio) @ matrix.T
+    # Near the solution ratio spans many orders of magnitude and, with nearly collinear
+    # gradients, the normal matrix is nearly singular; a relative ridge keeps the solve accurate.
+    normal = normal + _RIDGE * torch.diag_embed(normal.diagonal())
+    factors, pivots, _ = torch.linalg.lu_factor_ex(normal)
+
+    def direction(complementarity: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # Newton's equations, reduced to the normal equations M diag(z/ζ) Mᵀ Δy = rhs.
+        rhs = -primal_residual - matrix @ (complementarity / reduced + ratio * dual_residual)
+        d_multipliers = torch.linalg.lu_solve(factors, pivots, rhs[:, None])[:, 0]
+        d_reduced = -dual_residual - matrix.T @ d_multipliers
+        d_point = (complementarity - point * d_reduced) / reduced
+        return d_point, d_multipliers, d_reduced
+
+    affine = direction(-point * reduced)
+    primal_step = _longest_step(point, affine[0], 1.0)
+    dual_step = _longest_step(reduced, affine[2], 1.0)
+    gap = point @ reduced / point.numel()
+    affine_gap = (point + primal_step * affine[0]) @ (reduced + dual_step * affine[2])
+    centring = (affine_gap / point.numel() / gap.clamp_min(torch.finfo(gap.dtype).tiny)) ** 3
+    d_point, d_multipliers, d_reduced = direction(
+        -point * reduced - affine[0] * affine[2] + centring * gap
+    )
+    primal_step = _longest_step(point, d_point, _TO_BOUNDARY)
+    dual_step = _longest_step(reduced, d_reduced, _TO_BOUNDARY)
+    return (
+        point + primal_step * d_point,
+        multipliers + dual_step * d_multipliers,
+        reduced + dual_step * d_reduced,
+    )
+
+
+def _longest_step(values: Tensor, change: Tensor, fraction: float) -> Tensor:
+    """``min(1, fraction · the largest t with values + t change ≥ 0)``."""
+    limits = torch.where(change < 0, -values / change, torch.inf)
+    return (fraction * limits.amin()).clamp(max=1.0)
