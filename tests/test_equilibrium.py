@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from lightning_mtl.callbacks import EquilibriumMonitor
 from lightning_mtl.engine.geometry import equilibrium_terms
-from lightning_mtl.strategies import RGB
+from lightning_mtl.strategies import RGB, GradDrop, GradVac, PCGrad
 
 
 def _by_hand(original: torch.Tensor, adjusted: torch.Tensor) -> dict[str, float]:
@@ -84,3 +84,25 @@ def test_monitor_logs_the_diagnostics_of_the_step(make) -> None:
             expected[name], rel=1e-3, abs=1e-6
         )
     assert module.balancing_strategy.adjusted_gradients is None  # not kept beyond the cadence
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: PCGrad(), lambda: PCGrad(reduction="mean"), lambda: GradVac(), lambda: GradDrop()],
+    ids=["pcgrad-sum", "pcgrad-mean", "gradvac", "graddrop"],
+)
+def test_gradient_surgeons_record_the_rows_they_combine(make) -> None:
+    rows = jacobian(5, 32, seed=4)
+    rows[1] = -rows[0] + 0.2 * rows[1]  # a conflict, so the rows do get edited
+    strategy = make()
+    strategy.record_adjusted = True
+    direction = strategy.aggregate(rows)
+    adjusted = strategy.adjusted_gradients
+    assert adjusted.shape == rows.shape and not torch.allclose(adjusted, rows)
+    combined = (
+        adjusted.mean(0) if getattr(strategy, "reduction", "sum") == "mean" else adjusted.sum(0)
+    )
+    torch.testing.assert_close(combined, direction, rtol=1e-5, atol=1e-6)
+    unrecorded = make()
+    torch.testing.assert_close(unrecorded.aggregate(rows), direction)
+    assert unrecorded.adjusted_gradients is None

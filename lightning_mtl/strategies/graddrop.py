@@ -109,6 +109,9 @@ class GradDrop(GradientBalancingStrategy):
         # multiply rather than select (torch.where), so that an inf or a NaN in either sum reaches
         # the update even where its sign is dropped (inf · 0 is NaN).
         masked = (1.0 - self.leak) * keep_positive
+        if self.record_adjusted:
+            kept, dropped = self.leak + masked, 1.0 - masked
+            self.adjusted_gradients = jacobian.clamp_min(0) * kept + jacobian.clamp_max(0) * dropped
         return positive * (self.leak + masked) - negative * (1.0 - masked)
 
     def __repr__(self) -> str:

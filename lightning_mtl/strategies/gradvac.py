@@ -160,7 +160,11 @@ class GradVac(GradientBalancingStrategy):
 
     @override
     def direction(self, batch: ObjectiveBatch) -> Tensor:
-        return combine(self.coefficients(batch).sum(dim=0), jacobian_of(self, batch))
+        jacobian = jacobian_of(self, batch)
+        coefficients = self.coefficients(batch)
+        if self.record_adjusted:
+            self.adjusted_gradients = coefficients.to(jacobian.dtype) @ jacobian
+        return combine(coefficients.sum(dim=0), jacobian)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -85,15 +85,19 @@ class PCGrad(GradientBalancingStrategy):
 
     @override
     def weights(self, batch: ObjectiveBatch) -> Tensor:
-        return self._combination(batch).to(jacobian_of(self, batch).dtype)
+        return self._reduce(self.coefficients(batch)).to(jacobian_of(self, batch).dtype)
 
     @override
     def direction(self, batch: ObjectiveBatch) -> Tensor:
-        return combine(self._combination(batch), jacobian_of(self, batch))
+        jacobian = jacobian_of(self, batch)
+        coefficients = self.coefficients(batch)
+        if self.record_adjusted:
+            self.adjusted_gradients = coefficients.to(jacobian.dtype) @ jacobian
+        return combine(self._reduce(coefficients), jacobian)
 
-    def _combination(self, batch: ObjectiveBatch) -> Tensor:
-        total = self.coefficients(batch).sum(dim=0)
-        return total / batch.num_objectives if self.reduction == "mean" else total
+    def _reduce(self, coefficients: Tensor) -> Tensor:
+        total = coefficients.sum(dim=0)
+        return total / coefficients.shape[0] if self.reduction == "mean" else total
 
     def __repr__(self) -> str:
         return f"PCGrad(reduction={self.reduction!r}, seed={self.seed})"
