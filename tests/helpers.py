@@ -1,10 +1,15 @@
-"""Small strategies and models shared by the tests (not part of the package)."""
+"""Strategies, models and a Lightning harness shared by the tests (not part of the package)."""
 
 from __future__ import annotations
 
+import copy
+
+import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_mtl import MultiObjectiveMixin, Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
 
 
@@ -66,3 +71,60 @@ def grads_of(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
             for g, p in zip(grads, params, strict=True)
         ]
     )
+
+
+DATA = TensorDataset(
+    torch.randn(32, 4, generator=torch.Generator().manual_seed(3)),
+    torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(4)),
+)
+
+
+class TinyModule(MultiObjectiveMixin, pl.LightningModule):
+    def __init__(
+        self,
+        strategy: GradientBalancingStrategy,
+        scope: object = "shared",
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        epoch_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = TwoHeadNet()
+        self.lr, self.momentum, self.epoch_decay = lr, momentum, epoch_decay
+        self.configure_balancing(strategy, scope=scope)  # type: ignore[arg-type]
+
+    def compute_objectives(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        x, y = batch
+        features = self.net.features(x)
+        return Objectives(self.net.losses(x, y, features), representation=features)
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
+        if self.epoch_decay is None:
+            return optimizer
+        decay = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=self.epoch_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}
+
+
+def make_trainer(**kwargs) -> pl.Trainer:  # type: ignore[no-untyped-def]
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def flat_params(module: torch.nn.Module) -> Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+def one_full_batch_step(module: TinyModule, **trainer_kwargs) -> tuple[TwoHeadNet, Tensor]:  # type: ignore[no-untyped-def]
+    initial = copy.deepcopy(module.net)
+    make_trainer(max_steps=1, **trainer_kwargs).fit(module, DataLoader(DATA, batch_size=32))
+    return initial, flat_params(initial) - flat_params(module.net)

@@ -8,10 +8,9 @@ import math
 
 import pytest
 import torch
-from helpers import UnitRowMean, grads_of
+from helpers import DATA, TinyModule, UnitRowMean, grads_of, make_trainer
 from strategy_properties import jacobian
 from test_strategy_rgb import reference_rgb
-from test_training import DATA, TinyModule, _trainer
 from torch.utils.data import DataLoader
 
 from lightning_mtl.callbacks import EquilibriumMonitor
@@ -66,7 +65,7 @@ def test_rgb_records_its_rotated_gradients_when_asked() -> None:
 def test_monitor_logs_the_diagnostics_of_the_step(make) -> None:
     module = TinyModule(make())
     initial = copy.deepcopy(module.net)
-    _trainer(max_steps=1, callbacks=[EquilibriumMonitor(every_n_steps=1)]).fit(
+    make_trainer(max_steps=1, callbacks=[EquilibriumMonitor(every_n_steps=1)]).fit(
         module, DataLoader(DATA, batch_size=32)
     )
     losses = initial.losses(*DATA.tensors)

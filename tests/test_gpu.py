@@ -10,9 +10,8 @@ import copy
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import TwoHeadNet, UnitRowMean, grads_of, unit_row_mean
+from helpers import DATA, TinyModule, TwoHeadNet, UnitRowMean, grads_of, unit_row_mean
 from lightning.pytorch.plugins import MixedPrecision
-from test_training import DATA, TinyModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -39,7 +38,7 @@ def _fit(module: TinyModule, steps: int = 1, **kwargs) -> None:  # type: ignore[
     trainer.fit(module, DataLoader(DATA, batch_size=32))
 
 
-def _params(net: torch.nn.Module) -> Tensor:
+def flat_params(net: torch.nn.Module) -> Tensor:
     return torch.cat([p.detach().float().reshape(-1).cpu() for p in net.parameters()])
 
 
@@ -65,7 +64,7 @@ def test_mixed_precision_step_matches_autocast_reference(precision: str, make) -
     module = TinyModule(strategy)
     initial = copy.deepcopy(module.net)
     _fit(module, precision=precision)
-    change = _params(initial) - _params(module.net)
+    change = flat_params(initial) - flat_params(module.net)
     dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
     expected = _reference_change(initial, strategy, dtype)
     torch.testing.assert_close(change, expected, rtol=2e-2, atol=2e-3)
@@ -74,19 +73,19 @@ def test_mixed_precision_step_matches_autocast_reference(precision: str, make) -
 @pytest.mark.parametrize("make", [lambda: PGI(alpha=0.3), UnitRowMean], ids=["pgi", "jacobian"])
 def test_16_mixed_overflow_skips_the_step_and_lowers_the_scale(make) -> None:
     module = TinyModule(make())
-    initial = _params(module.net)
+    initial = flat_params(module.net)
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**100)
     _fit(module, plugins=[MixedPrecision("16-mixed", "cuda", scaler)])
-    assert torch.equal(_params(module.net), initial)
+    assert torch.equal(flat_params(module.net), initial)
     assert scaler.get_scale() < 2.0**100
 
 
 def test_16_mixed_clips_unscaled_gradients() -> None:
     module = TinyModule(UnitRowMean(), lr=1.0)
     module.configure_balancing(UnitRowMean(), gradient_clip_val=0.01)
-    initial = _params(module.net)
+    initial = flat_params(module.net)
     _fit(module, precision="16-mixed")
-    assert float((initial - _params(module.net)).norm()) == pytest.approx(0.01, rel=1e-3)
+    assert float((initial - flat_params(module.net)).norm()) == pytest.approx(0.01, rel=1e-3)
 
 
 @pytest.mark.parametrize("make", [lambda: PGI(alpha=0.3), UnitRowMean], ids=["pgi", "jacobian"])

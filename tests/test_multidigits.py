@@ -46,7 +46,7 @@ def _small(**kwargs: Any) -> MultiDigitsDataModule:
     return dm
 
 
-def _trainer(**kwargs: Any) -> pl.Trainer:
+def make_trainer(**kwargs: Any) -> pl.Trainer:
     options: dict[str, Any] = dict(
         accelerator="cpu",
         devices=1,
@@ -174,7 +174,7 @@ def test_two_epoch_fit_learns_every_task() -> None:
     pl.seed_everything(0, verbose=False)
     dm = MultiDigitsDataModule(batch_size=32, seed=0)
     model = MultiDigitsModule(lr=0.05)
-    trainer = _trainer(max_epochs=2, log_every_n_steps=50)
+    trainer = make_trainer(max_epochs=2, log_every_n_steps=50)
     trainer.fit(model, dm)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     assert metrics["val/acc_mean"] >= QUICK_FIT_MIN_ACC
@@ -207,7 +207,7 @@ def test_single_task_fit_moves_only_its_head() -> None:
     # SGD skips parameters without a gradient, so weight decay and momentum leave them as well.
     model = MultiDigitsModule(single_task=0)
     before = [head.weight.detach().clone() for head in model.heads]
-    _trainer(max_steps=3, limit_val_batches=0).fit(model, _small())
+    make_trainer(max_steps=3, limit_val_batches=0).fit(model, _small())
     after = [head.weight.detach() for head in model.heads]
     assert not torch.equal(before[0], after[0])
     assert torch.equal(before[1], after[1]) and torch.equal(before[2], after[2])
@@ -217,7 +217,7 @@ def test_single_task_fit_moves_only_its_head() -> None:
 def test_gradient_strategy_trains_under_both_scopes(scope: str) -> None:
     model = MultiDigitsModule(strategy=UnitRowMean(), scope=scope)
     # One short epoch, so that validation runs at its end.
-    trainer = _trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2)
     trainer.fit(model, _small())
     assert trainer.global_step == 3
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
@@ -227,7 +227,7 @@ def test_gradient_strategy_trains_under_both_scopes(scope: str) -> None:
 def test_baselines_log_delta_m_on_validation() -> None:
     baselines = {"task0": 0.5, "task1": 0.25, "task2": 0.2}
     model = MultiDigitsModule(baselines=baselines)
-    trainer = _trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, _small())
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     per_task = {f"task{k}": metrics[f"val/acc_task{k}"] for k in range(3)}

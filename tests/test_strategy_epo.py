@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
-from helpers import grads_of
+from helpers import DATA, TinyModule, grads_of, one_full_batch_step
 from strategy_properties import KINDS, jacobian
-from test_training import DATA, TinyModule, _one_full_batch_step
 from torch import Tensor
 
 from lightning_mtl.strategies import ObjectiveBatch
@@ -243,7 +242,7 @@ def test_no_host_reads_of_tensor_values() -> None:
 
 def test_lightning_step_writes_the_epo_direction() -> None:
     preference = {"cls": 1.0, "rep": 3.0}
-    initial, change = _one_full_batch_step(TinyModule(EPO(preference=preference)))
+    initial, change = one_full_batch_step(TinyModule(EPO(preference=preference)))
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]

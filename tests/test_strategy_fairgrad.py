@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import grads_of
+from helpers import DATA, TinyModule, grads_of, one_full_batch_step
 from strategy_properties import (
     KINDS,
     check_descent,
@@ -15,7 +15,6 @@ from strategy_properties import (
     jacobian,
 )
 from test_strategy_nash_mtl import SOLVABLE, reference_bargaining
-from test_training import DATA, TinyModule, _one_full_batch_step
 from torch import Tensor
 
 from lightning_mtl.strategies import ObjectiveBatch
@@ -151,7 +150,7 @@ def test_no_host_reads_of_tensor_values() -> None:
 
 
 def test_lightning_step_writes_the_fairgrad_direction() -> None:
-    initial, change = _one_full_batch_step(TinyModule(FairGrad(alpha=2.0, max_norm=None)))
+    initial, change = one_full_batch_step(TinyModule(FairGrad(alpha=2.0, max_norm=None)))
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_strategy_dwa import (
+from loss_strategy_harness import (
     assert_no_host_reads,
     assert_resume_reproduces,
     assert_same_state,

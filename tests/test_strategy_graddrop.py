@@ -7,9 +7,8 @@ import math
 
 import pytest
 import torch
-from helpers import grads_of
+from helpers import DATA, TinyModule, grads_of, one_full_batch_step
 from strategy_properties import check_finite, check_scale_equivariance, jacobian
-from test_training import DATA, TinyModule, _one_full_batch_step
 from torch import Tensor
 
 from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress
@@ -139,7 +138,7 @@ def test_arguments_are_checked() -> None:
 
 
 def test_one_step_through_lightning_on_the_shared_parameters() -> None:
-    initial, change = _one_full_batch_step(TinyModule(GradDrop(seed=3)))
+    initial, change = one_full_batch_step(TinyModule(GradDrop(seed=3)))
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
@@ -154,7 +153,7 @@ def test_one_step_through_lightning_on_the_shared_parameters() -> None:
 
 def test_one_step_through_lightning_on_the_shared_representation() -> None:
     module = TinyModule(GradDrop(seed=3), scope="representation")
-    initial, change = _one_full_batch_step(module)
+    initial, change = one_full_batch_step(module)
     x, y = DATA.tensors
     features = initial.features(x)
     losses = initial.losses(x, y, features)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import grads_of
+from helpers import DATA, TinyModule, grads_of, one_full_batch_step
 from strategy_properties import check_finite, check_scale_equivariance, jacobian
-from test_training import DATA, TinyModule, _one_full_batch_step
 from torch import Tensor
 
 from lightning_mtl.mixin import CHECKPOINT_KEY
@@ -242,7 +241,7 @@ def test_arguments_are_checked() -> None:
 def test_one_step_through_lightning_and_the_checkpoint(tmp_path: Path) -> None:
     targets = torch.tensor([[0.0, 0.8], [0.6, 0.0]])
     module = TinyModule(with_targets(targets, ["cls", "rep"], beta=0.25, seed=6))
-    initial, change = _one_full_batch_step(module)
+    initial, change = one_full_batch_step(module)
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]

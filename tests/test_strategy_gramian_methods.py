@@ -8,13 +8,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from helpers import TwoHeadNet, grads_of
+from helpers import DATA, TinyModule, TwoHeadNet, grads_of, make_trainer
 from test_strategy_aligned_mtl import aligned_mtl_reference
 from test_strategy_cagrad import cagrad_reference
 from test_strategy_imtl_g import imtl_g_reference
 from test_strategy_mgda import mgda_reference, normalised_mgda_reference
 from test_strategy_upgrad import upgrad_reference
-from test_training import DATA, TinyModule, _trainer
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -57,7 +56,7 @@ def test_one_full_batch_sgd_step_applies_the_methods_update(make, reference) -> 
     module = TinyModule(strategy, lr=1.0)
     module.net = TwoHeadNet(seed=5)  # its two objectives conflict on the trunk
     initial: TwoHeadNet = copy.deepcopy(module.net)
-    _trainer(max_steps=1).fit(module, DataLoader(DATA, batch_size=len(DATA)))
+    make_trainer(max_steps=1).fit(module, DataLoader(DATA, batch_size=len(DATA)))
     change = _parameters(initial) - _parameters(module.net)
 
     losses = initial.losses(*DATA.tensors)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
-from helpers import grads_of
+from helpers import DATA, TinyModule, grads_of, one_full_batch_step
 from strategy_properties import (
     KINDS,
     check_descent,
@@ -18,7 +18,6 @@ from strategy_properties import (
     check_permutation_equivariance,
     jacobian,
 )
-from test_training import DATA, TinyModule, _one_full_batch_step
 from torch import Tensor
 
 from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress
@@ -249,7 +248,7 @@ def test_no_host_reads_of_tensor_values() -> None:
 
 
 def test_lightning_step_writes_the_clipped_nash_direction() -> None:
-    initial, change = _one_full_batch_step(TinyModule(NashMTL(max_norm=0.5)))
+    initial, change = one_full_batch_step(TinyModule(NashMTL(max_norm=0.5)))
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]

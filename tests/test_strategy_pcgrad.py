@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
-from helpers import grads_of
+from helpers import DATA, TinyModule, grads_of, one_full_batch_step
 from strategy_properties import (
     check_descent,
     check_finite,
     check_scale_equivariance,
     jacobian,
 )
-from test_training import DATA, TinyModule, _one_full_batch_step
 from torch import Tensor
 
 from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress
@@ -204,7 +203,7 @@ class ThreeObjectives(TinyModule):
 
 def test_one_step_through_lightning_writes_the_projected_sum() -> None:
     module = ThreeObjectives(PCGrad(seed=4))
-    initial, change = _one_full_batch_step(module)
+    initial, change = one_full_batch_step(module)
     losses = initial.losses(*DATA.tensors)
     losses["mix"] = 0.3 * losses["cls"] - losses["rep"]
     params = list(initial.parameters())  # every parameter is shared by two objectives

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
+from helpers import DATA, TinyModule, flat_params, make_trainer
 from strategy_properties import check_finite, jacobian
-from test_training import DATA, TinyModule, _params, _trainer
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -181,7 +181,7 @@ def test_rgb_argument_checks() -> None:
 def test_rgb_step_through_lightning_matches_algorithm_1() -> None:
     module = TinyModule(RGB(alpha_steps=5, proximity_weight=1.0))
     initial = copy.deepcopy(module.net)
-    _trainer(max_steps=1).fit(module, DataLoader(DATA, batch_size=32))
+    make_trainer(max_steps=1).fit(module, DataLoader(DATA, batch_size=32))
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     rows = torch.stack(
@@ -193,7 +193,7 @@ def test_rgb_step_through_lightning_matches_algorithm_1() -> None:
         ]
     )
     expected, _, _ = reference_rgb(rows, torch.zeros(rows.shape[1]), 0.9, 1.0, 5, 0.5)
-    change = _params(initial) - _params(module.net)
+    change = flat_params(initial) - flat_params(module.net)
     torch.testing.assert_close(change[: rows.shape[1]].double(), expected, rtol=1e-4, atol=1e-6)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_strategy_dwa import call, fit_tiny, logged_weights
+from loss_strategy_harness import call, fit_tiny, logged_weights
 
 from lightning_mtl.strategies.base import step_generator
 from lightning_mtl.strategies.rlw import RLW

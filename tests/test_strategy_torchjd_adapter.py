@@ -10,8 +10,7 @@ from torch import Tensor
 
 pytest.importorskip("torchjd")
 
-from helpers import grads_of
-from test_training import DATA, TinyModule, _one_full_batch_step
+from helpers import DATA, TinyModule, grads_of, one_full_batch_step
 from torchjd.aggregation import (
     CRMOGMWeighting,
     Mean,
@@ -104,7 +103,7 @@ def test_missing_torchjd_names_the_install_command(monkeypatch: pytest.MonkeyPat
     ids=["aggregator", "weighting"],
 )
 def test_lightning_step_writes_the_upgrad_gradient(method: torch.nn.Module) -> None:
-    initial, change = _one_full_batch_step(TinyModule(from_torchjd(method)))
+    initial, change = one_full_batch_step(TinyModule(from_torchjd(method)))
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_strategy_dwa import (
+from loss_strategy_harness import (
     assert_no_host_reads,
     assert_same_state,
     call,

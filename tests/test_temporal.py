@@ -8,9 +8,16 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import UnitRowMean, grads_of, unit_row_mean
+from helpers import (
+    DATA,
+    TinyModule,
+    UnitRowMean,
+    flat_params,
+    grads_of,
+    make_trainer,
+    unit_row_mean,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
-from test_training import DATA, TinyModule, _params, _trainer
 from torch.utils.data import DataLoader
 
 from lightning_mtl.callbacks import TemporalMOO
@@ -37,7 +44,7 @@ def test_moo_before_epoch_e_then_the_plain_sum() -> None:
     snapshots = Snapshots()
     temporal = TemporalMOO(epochs=1)
     module = TinyModule(UnitRowMean())
-    _trainer(max_epochs=2, callbacks=[temporal, snapshots]).fit(
+    make_trainer(max_epochs=2, callbacks=[temporal, snapshots]).fit(
         module, DataLoader(DATA, batch_size=16)
     )
     assert len(snapshots.grads) == 4  # 2 steps per epoch
@@ -63,7 +70,7 @@ def _run(
     temporal = TemporalMOO(epochs=2)
     loader = DataLoader(DATA, batch_size=8, sampler=EpochSeededRandomSampler(len(DATA), seed=2))
     checkpoints = ModelCheckpoint(dirpath=root, save_top_k=-1, every_n_epochs=1)
-    _trainer(
+    make_trainer(
         max_epochs=max_epochs, enable_checkpointing=True, callbacks=[temporal, checkpoints]
     ).fit(module, loader, ckpt_path=ckpt_path)
     return module, temporal
@@ -73,7 +80,7 @@ def test_switch_state_and_strategy_state_survive_resume(tmp_path: Path) -> None:
     straight, straight_switch = _run(tmp_path / "a", max_epochs=4)
     checkpoint = tmp_path / "a" / "epoch=1-step=8.ckpt"  # still in the MOO phase
     resumed, resumed_switch = _run(tmp_path / "b", max_epochs=4, ckpt_path=str(checkpoint))
-    torch.testing.assert_close(_params(resumed), _params(straight), rtol=0, atol=0)
+    torch.testing.assert_close(flat_params(resumed), flat_params(straight), rtol=0, atol=0)
     assert resumed_switch.switched_at_epoch == straight_switch.switched_at_epoch == 2
     after = tmp_path / "a" / "epoch=2-step=12.ckpt"  # after the switch
     state = torch.load(after, weights_only=True)["callbacks"]

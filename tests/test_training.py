@@ -9,76 +9,28 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import TwoHeadNet, UnitRowMean, grads_of, unit_row_mean
+from helpers import (
+    DATA,
+    TinyModule,
+    UnitRowMean,
+    flat_params,
+    grads_of,
+    make_trainer,
+    one_full_batch_step,
+    unit_row_mean,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_mtl import MultiObjectiveMixin, Objectives
 from lightning_mtl.callbacks import GradientAngleLogger, WarmupThenSwitch
 from lightning_mtl.data import EpochSeededRandomSampler
 from lightning_mtl.engine.geometry import degrees
 from lightning_mtl.strategies import PGI, RGB, GradientBalancingStrategy
 
-DATA = TensorDataset(
-    torch.randn(32, 4, generator=torch.Generator().manual_seed(3)),
-    torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(4)),
-)
-
-
-class TinyModule(MultiObjectiveMixin, pl.LightningModule):
-    def __init__(
-        self,
-        strategy: GradientBalancingStrategy,
-        scope: object = "shared",
-        lr: float = 1.0,
-        momentum: float = 0.0,
-        epoch_decay: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.net = TwoHeadNet()
-        self.lr, self.momentum, self.epoch_decay = lr, momentum, epoch_decay
-        self.configure_balancing(strategy, scope=scope)  # type: ignore[arg-type]
-
-    def compute_objectives(self, batch, batch_idx):  # type: ignore[no-untyped-def]
-        x, y = batch
-        features = self.net.features(x)
-        return Objectives(self.net.losses(x, y, features), representation=features)
-
-    def configure_optimizers(self):  # type: ignore[no-untyped-def]
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
-        if self.epoch_decay is None:
-            return optimizer
-        decay = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=self.epoch_decay)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "epoch"}}
-
-
-def _trainer(**kwargs) -> pl.Trainer:  # type: ignore[no-untyped-def]
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
-
-
-def _params(module: torch.nn.Module) -> Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
-
-
-def _one_full_batch_step(module: TinyModule, **trainer_kwargs) -> tuple[TwoHeadNet, Tensor]:  # type: ignore[no-untyped-def]
-    initial = copy.deepcopy(module.net)
-    _trainer(max_steps=1, **trainer_kwargs).fit(module, DataLoader(DATA, batch_size=32))
-    return initial, _params(initial) - _params(module.net)
-
 
 def test_pgi_step_is_alpha_g_s_plus_one_minus_alpha_g_u() -> None:
-    initial, change = _one_full_batch_step(TinyModule(PGI(alpha=0.3)))
+    initial, change = one_full_batch_step(TinyModule(PGI(alpha=0.3)))
     losses = initial.losses(*DATA.tensors)
     params = list(initial.parameters())
     expected = 0.3 * grads_of(losses["cls"], params) + 0.7 * grads_of(losses["rep"], params)
@@ -86,7 +38,7 @@ def test_pgi_step_is_alpha_g_s_plus_one_minus_alpha_g_u() -> None:
 
 
 def test_jacobian_strategy_step_through_lightning() -> None:
-    initial, change = _one_full_batch_step(TinyModule(UnitRowMean()))
+    initial, change = one_full_batch_step(TinyModule(UnitRowMean()))
     losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
@@ -105,7 +57,7 @@ def test_jacobian_strategy_step_through_lightning() -> None:
 def test_angle_logger_matches_angles_from_autograd(scope: list[str] | None) -> None:
     module = TinyModule(PGI(alpha=0.3))
     logger = GradientAngleLogger(every_n_steps=1, scope=scope, heatmap=False)
-    initial, _ = _one_full_batch_step(module, callbacks=[logger])
+    initial, _ = one_full_batch_step(module, callbacks=[logger])
     losses = initial.losses(*DATA.tensors)
     params = list(initial.trunk.parameters() if scope is None else initial.trunk[0].parameters())
     g_cls, g_rep = grads_of(losses["cls"], params), grads_of(losses["rep"], params)
@@ -140,7 +92,7 @@ def test_angle_logger_costs_nothing_off_its_cadence() -> None:
 
     module.gradient_engine.jacobians.__class__ = Counting
     logger = GradientAngleLogger(every_n_steps=3, heatmap=False)
-    _trainer(max_steps=7, callbacks=[logger]).fit(module, DataLoader(DATA, batch_size=8))
+    make_trainer(max_steps=7, callbacks=[logger]).fit(module, DataLoader(DATA, batch_size=8))
     assert computed == [0, 3, 6]
 
 
@@ -151,7 +103,7 @@ def _resumable_run(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None
     warmup = WarmupThenSwitch(warmup_epochs=1)
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
     loader = DataLoader(DATA, batch_size=8, sampler=EpochSeededRandomSampler(len(DATA), seed=5))
-    trainer = _trainer(
+    trainer = make_trainer(
         max_epochs=max_epochs,
         enable_checkpointing=True,
         callbacks=[warmup, checkpoints, GradientAngleLogger(every_n_steps=2, heatmap=False)],
@@ -169,7 +121,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     resumed, resumed_warmup = _resumable_run(
         tmp_path / "b", max_epochs=4, ckpt_path=str(checkpoint)
     )
-    torch.testing.assert_close(_params(resumed), _params(straight), rtol=0, atol=0)
+    torch.testing.assert_close(flat_params(resumed), flat_params(straight), rtol=0, atol=0)
     assert resumed.balancing_strategy.state_dict() == straight.balancing_strategy.state_dict()
     assert resumed_warmup.switched_at_step == straight_warmup.switched_at_step == 4
     assert straight.balancing_strategy.start == 4
@@ -199,14 +151,14 @@ class HalvesPerRank(pl.LightningDataModule):
 
 def _ddp_run(strategy: GradientBalancingStrategy, scope: object, devices: int) -> Tensor:
     module = TinyModule(strategy, scope=scope, lr=0.1, momentum=0.9)
-    trainer = _trainer(
+    trainer = make_trainer(
         max_steps=3,
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
         use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=HalvesPerRank(devices))
-    return _params(module)
+    return flat_params(module)
 
 
 @pytest.mark.slow
@@ -228,7 +180,7 @@ def test_two_process_ddp_matches_one_process_on_the_union_batch(strategy, scope)
 
 @pytest.mark.parametrize("strategy", [PGI(alpha=0.3), UnitRowMean()], ids=["pgi", "jacobian"])
 def test_bf16_mixed_on_cpu_matches_the_autocast_reference(strategy) -> None:
-    initial, change = _one_full_batch_step(TinyModule(strategy), precision="bf16-mixed")
+    initial, change = one_full_batch_step(TinyModule(strategy), precision="bf16-mixed")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = initial.losses(*DATA.tensors)
     trunk = list(initial.trunk.parameters())

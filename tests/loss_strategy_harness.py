@@ -1,0 +1,118 @@
+"""Utilities shared by the loss-based strategy tests (DWA, UW, RLW, FAMO)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from helpers import DATA, TinyModule, flat_params, make_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_mtl.data import EpochSeededRandomSampler
+from lightning_mtl.strategies.base import (
+    GradientBalancingStrategy,
+    ObjectiveBatch,
+    TrainingProgress,
+)
+
+Calls = list[tuple[ObjectiveBatch, Tensor]]
+
+
+def record_weights(strategy: GradientBalancingStrategy) -> Calls:
+    """Record the batch and the returned weights of every ``weights()`` call."""
+    calls: Calls = []
+    original = strategy.weights
+
+    def recording(batch: ObjectiveBatch) -> Tensor:
+        weights = original(batch)
+        calls.append((batch, weights.clone()))
+        return weights
+
+    strategy.weights = recording  # type: ignore[method-assign]
+    return calls
+
+
+def restored(strategy: GradientBalancingStrategy, fresh: GradientBalancingStrategy):  # type: ignore[no-untyped-def]
+    """``fresh`` loaded with ``strategy``'s state, through a ``weights_only`` save and load."""
+    buffer = io.BytesIO()
+    torch.save(strategy.state_dict(), buffer)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    return fresh
+
+
+def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, Tensor):
+            torch.testing.assert_close(value, b[key], rtol=0, atol=0)
+        else:
+            assert value == b[key], key
+
+
+def call(
+    strategy: GradientBalancingStrategy,
+    losses: list[float],
+    step: int = 0,
+    epoch: int = 0,
+    device: str = "cpu",
+) -> Tensor:
+    names = tuple(f"task{i}" for i in range(len(losses)))
+    strategy.setup(names)
+    progress = TrainingProgress(step=step, epoch=epoch)
+    values = torch.tensor(losses).to(device)
+    return strategy.weights(ObjectiveBatch(names, values, progress=progress))
+
+
+def assert_no_host_reads(strategy: GradientBalancingStrategy) -> None:
+    """Meta tensors have no values, so reading one on the host (``.item()``, ``if tensor``,
+    ``.tolist()``) raises: the steps below would synchronise on a GPU if they did."""
+    for step in range(6):
+        weights = call(strategy, [1.0, 2.0], step=step, epoch=step // 2, device="meta")
+        assert weights.device.type == "meta" and weights.shape == (2,)
+
+
+def fit_tiny(
+    strategy: GradientBalancingStrategy,
+    max_epochs: int,
+    checkpoints: Path | None = None,
+    ckpt_path: str | None = None,
+) -> TinyModule:
+    """Train ``TinyModule`` on ``DATA`` in batches of 8 (4 steps an epoch), in a seeded order."""
+    module = TinyModule(strategy, lr=0.2, momentum=0.9)
+    loader = DataLoader(DATA, batch_size=8, sampler=EpochSeededRandomSampler(len(DATA), seed=5))
+    callbacks = [ModelCheckpoint(dirpath=checkpoints, save_top_k=-1, every_n_epochs=1)]
+    trainer = make_trainer(
+        max_epochs=max_epochs,
+        enable_checkpointing=checkpoints is not None,
+        callbacks=callbacks if checkpoints is not None else [],
+    )
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return module
+
+
+def assert_resume_reproduces(
+    make: Callable[[], GradientBalancingStrategy], tmp_path: Path
+) -> GradientBalancingStrategy:
+    """Resuming from the checkpoint after 2 of 4 epochs ends exactly where the straight run does."""
+    straight = fit_tiny(make(), 4, tmp_path / "a")
+    checkpoint = tmp_path / "a" / "epoch=1-step=8.ckpt"
+    assert checkpoint.exists()
+    resumed = fit_tiny(make(), 4, tmp_path / "b", ckpt_path=str(checkpoint))
+    torch.testing.assert_close(flat_params(resumed), flat_params(straight), rtol=0, atol=0)
+    strategy = straight.active_balancing_strategy
+    assert_same_state(resumed.active_balancing_strategy.state_dict(), strategy.state_dict())
+    return strategy
+
+
+def logged_weights(module: TinyModule) -> Tensor:
+    metrics = module.trainer.callback_metrics
+    return torch.stack([metrics["balancing/weight/cls"], metrics["balancing/weight/rep"]])
+
+
+# --- DWA ------------------------------------------------------------------------------------
