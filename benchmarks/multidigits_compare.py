@@ -316,7 +316,8 @@ def markdown(
         "",
         "Accuracies: validation accuracy per task after the last epoch, mean ± standard "
         "deviation over seeds. Δm%: mean relative change of the per-task accuracies against the "
-        f"`{SINGLE_TASK}` row (each task's head trained alone), in percent, higher is better. "
+        f"`{SINGLE_TASK}` row (each task's head trained alone), in percent, as a drop (seed 003 "
+        "§3.1): lower is better, negative beats the single-task models. "
         "MR: mean rank over tasks among all rows (1 is best; ties share ranks). s/run: seconds "
         f"to fit one model (for `{SINGLE_TASK}`, all T models).",
     ]

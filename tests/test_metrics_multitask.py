@@ -13,25 +13,26 @@ from lightning_mtl.metrics import PerTaskAccuracy, delta_m, mean_rank
 
 
 def test_delta_m_mixed_directions_by_hand() -> None:
-    # a: (0.8 − 0.5)/0.5 = +0.6; b: (0.5 − 1)/1 = −0.5; c (lower is better): −(2 − 4)/4 = +0.5.
+    # Performance drops (lower is better, seed 003 §3.1): a: −(0.8 − 0.5)/0.5 = −0.6;
+    # b: −(0.5 − 1)/1 = +0.5; c (lower is better): (2 − 4)/4 = −0.5.
     value = delta_m(
         {"a": 0.8, "b": 0.5, "c": 2.0},
         {"a": 0.5, "b": 1.0, "c": 4.0},
         higher_is_better={"a": True, "b": True, "c": False},
     )
-    assert value == pytest.approx(100.0 * (0.6 - 0.5 + 0.5) / 3)
+    assert value == pytest.approx(100.0 * (-0.6 + 0.5 - 0.5) / 3)
 
 
 def test_delta_m_is_zero_on_the_baselines_and_sign_follows_direction() -> None:
     baselines = {"seg": 0.5, "depth": 0.25}
     assert delta_m(baselines, baselines) == 0.0
     better = {"seg": 0.55, "depth": 0.25}
-    assert delta_m(better, baselines) == pytest.approx(5.0)  # +10% on one of two tasks
-    assert delta_m(better, baselines, higher_is_better=False) == pytest.approx(-5.0)
+    assert delta_m(better, baselines) == pytest.approx(-5.0)  # 10% better on one of two tasks
+    assert delta_m(better, baselines, higher_is_better=False) == pytest.approx(5.0)
 
 
 def test_delta_m_ignores_key_order() -> None:
-    assert delta_m({"a": 0.9, "b": 0.6}, {"b": 0.5, "a": 0.9}) == pytest.approx(10.0)
+    assert delta_m({"a": 0.9, "b": 0.6}, {"b": 0.5, "a": 0.9}) == pytest.approx(-10.0)
 
 
 @pytest.mark.parametrize(

@@ -52,11 +52,12 @@ def delta_m(
     baselines: Mapping[str, float],
     higher_is_better: HigherIsBetter = True,
 ) -> float:
-    """Δm%: the mean relative change of every task's metric against its baseline, in percent.
+    """Δm%: the mean relative performance drop of every task against its baseline, in percent.
 
-    ``Δm = (1/T) Σ_k (−1)^{l_k} (M_k − M_b,k) / M_b,k × 100`` with ``l_k = 1`` when a lower
-    ``M_k`` is better (Maninis et al., 2019; Liu et al., 2021). The baselines are usually the
-    single-task models. Positive is better than the baselines; 0 is on par.
+    ``Δm = (1/T) Σ_k (−1)^{δ_k} (M_k − M_b,k) / M_b,k × 100`` with ``δ_k = 1`` when a higher
+    ``M_k`` is better, as in RGB's §3.1 (seed 003) and the multi-task literature's tables
+    (Maninis et al., 2019; Liu et al., 2021). The baselines are usually the single-task models.
+    **Lower is better**: negative means better than the baselines; 0 is on par.
 
     Args:
         metrics: task name → the multi-task model's metric.
@@ -72,13 +73,13 @@ def delta_m(
 
     Example::
 
-        >>> delta_m({"a": 0.75, "b": 0.5}, {"a": 0.5, "b": 0.5})  # (+50% + 0%) / 2
-        25.0
-        >>> round(delta_m({"a": 0.9, "b": 0.6}, {"a": 0.8, "b": 0.6}), 4)  # (+12.5% + 0%) / 2
-        6.25
+        >>> delta_m({"a": 0.75, "b": 0.5}, {"a": 0.5, "b": 0.5})  # −(+50% + 0%) / 2
+        -25.0
+        >>> round(delta_m({"a": 0.9, "b": 0.6}, {"a": 0.8, "b": 0.6}), 4)  # −(+12.5% + 0%) / 2
+        -6.25
         >>> delta_m({"acc": 0.9, "err": 2.0}, {"acc": 0.9, "err": 1.0},
-        ...         higher_is_better={"acc": True, "err": False})  # (0% − 100%) / 2
-        -50.0
+        ...         higher_is_better={"acc": True, "err": False})  # (0% + 100%) / 2: worse
+        50.0
     """
     tasks = list(metrics)
     if not tasks:
@@ -99,7 +100,7 @@ def delta_m(
                 f"the baseline of task {task!r} is 0: Δm divides by the baseline, so it is "
                 "undefined; use a metric whose baseline is non-zero."
             )
-        sign = 1.0 if directions[task] else -1.0
+        sign = -1.0 if directions[task] else 1.0
         total += sign * (value - base) / abs(base)
     return 100.0 * total / len(tasks)
 
