@@ -1,5 +1,6 @@
 """Data modules, samplers and augmentations."""
 
+from lightning_mtl.data.celeba import CelebADataModule
 from lightning_mtl.data.digits import DigitsDataModule, digits_two_view_augment
 from lightning_mtl.data.long_tail import (
     CIFARLongTailDataModule,
@@ -9,15 +10,18 @@ from lightning_mtl.data.long_tail import (
     long_tail_indices,
 )
 from lightning_mtl.data.multidigits import MultiDigitsDataModule
+from lightning_mtl.data.nyuv2 import NYUv2DataModule
 from lightning_mtl.data.samplers import EpochSeededRandomSampler
 
 __all__ = [
     "CIFARLongTailDataModule",
+    "CelebADataModule",
     "ClassBalancedSampler",
     "DigitsDataModule",
     "DigitsLongTailDataModule",
     "EpochSeededRandomSampler",
     "MultiDigitsDataModule",
+    "NYUv2DataModule",
     "digits_two_view_augment",
     "long_tail_counts",
     "long_tail_indices",
