@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lightning_mtl.data.samplers import EpochSeededRandomSampler
+from lightning_mtl.data.base import SplitDataModule
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
@@ -206,7 +205,7 @@ class CelebADataset(Dataset[tuple[Tensor, Tensor]]):
         return _normalise(resized), self.targets[index]
 
 
-class CelebADataModule(LightningDataModule):
+class CelebADataModule(SplitDataModule):
     """CelebA's 40 binary attributes as 40 tasks, read from a local copy in the standard layout.
 
     ``root`` holds ``img_align_celeba/`` (the aligned and cropped JPEGs), ``list_attr_celeba.txt``
@@ -364,37 +363,3 @@ class CelebADataModule(LightningDataModule):
                 f"not in {str(self.root / IMAGE_FOLDER)!r} (e.g. {absent[:3]}). Expected "
                 f"{EXPECTED_LAYOUT}."
             )
-
-    def _require(self, dataset: CelebADataset | None, name: str) -> CelebADataset:
-        if dataset is None:
-            raise RuntimeError(f"`{name}` is not built yet; call `setup()` before the dataloaders.")
-        return dataset
-
-    def _eval_loader(self, dataset: CelebADataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Training loader: epoch-seeded order, last incomplete batch dropped."""
-        dataset = self._require(self.train_dataset, "train_dataset")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededRandomSampler(len(dataset), seed=self.seed),
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation loader (official split 1, unshuffled)."""
-        return self._eval_loader(self._require(self.val_dataset, "val_dataset"))
-
-    def test_dataloader(self) -> DataLoader:
-        """Test loader (official split 2, unshuffled)."""
-        return self._eval_loader(self._require(self.test_dataset, "test_dataset"))

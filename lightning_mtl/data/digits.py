@@ -11,13 +11,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from lightning_mtl.data.samplers import EpochSeededRandomSampler
+from lightning_mtl.data.base import SplitDataModule
 
 __all__ = ["DigitsDataModule", "digits_two_view_augment"]
 
@@ -35,7 +34,7 @@ def _to_tensor_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """Lightning data module for scikit-learn's 8x8 handwritten digits.
 
     Images are scaled to ``[0, 1]`` and shaped ``[1, 8, 8]`` (float32); labels are int64 in
@@ -130,66 +129,6 @@ class DigitsDataModule(LightningDataModule):
         self.train_dataset = _to_tensor_dataset(train_x, train_y)
         self.val_dataset = _to_tensor_dataset(val_x, val_y)
         self.test_dataset = self.val_dataset
-
-    def _require(self, dataset: TensorDataset | None, name: str) -> TensorDataset:
-        """Return ``dataset`` or fail with a hint to call :meth:`setup` first."""
-        if dataset is None:
-            raise RuntimeError(f"`{name}` is not built yet; call `setup()` before the dataloaders.")
-        return dataset
-
-    def _eval_loader(self, dataset: TensorDataset) -> DataLoader:
-        """Unshuffled loader that keeps the final partial batch so every sample is evaluated."""
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Training loader: epoch-seeded order, last incomplete batch dropped.
-
-        Example::
-
-            >>> dm = DigitsDataModule(batch_size=100)
-            >>> dm.setup("fit")
-            >>> len(dm.train_dataloader())  # 1437 // 100
-            14
-        """
-        dataset = self._require(self.train_dataset, "train_dataset")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededRandomSampler(len(dataset), seed=self.seed),
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation loader (unshuffled).
-
-        Example::
-
-            >>> dm = DigitsDataModule(batch_size=100)
-            >>> dm.setup("fit")
-            >>> len(dm.val_dataloader())  # ceil(360 / 100)
-            4
-        """
-        return self._eval_loader(self._require(self.val_dataset, "val_dataset"))
-
-    def test_dataloader(self) -> DataLoader:
-        """Test loader (unshuffled); iterates the validation split, see the class docstring.
-
-        Example::
-
-            >>> dm = DigitsDataModule()
-            >>> dm.setup("test")
-            >>> sum(len(y) for _, y in dm.test_dataloader())
-            360
-        """
-        return self._eval_loader(self._require(self.test_dataset, "test_dataset"))
 
 
 def _check_augment_args(

@@ -16,12 +16,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from sklearn.datasets import load_digits
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
+from torch.utils.data import Dataset, Sampler, Subset, TensorDataset
 
-from lightning_mtl.data.samplers import EpochSeededRandomSampler
+from lightning_mtl.data.base import SplitDataModule
 
 __all__ = [
     "CIFARLongTailDataModule",
@@ -258,49 +257,6 @@ class ClassBalancedSampler(Sampler[int]):
         return self.num_samples
 
 
-def _train_loader(
-    dataset: Dataset,
-    targets: np.ndarray,
-    batch_size: int,
-    class_balanced: bool,
-    seed: int,
-    drop_last: bool,
-    num_workers: int,
-) -> DataLoader:
-    """Seeded training loader, instance-uniform or class-balanced."""
-    sampler: Sampler[int] = (
-        ClassBalancedSampler(targets, seed=seed)
-        if class_balanced
-        else EpochSeededRandomSampler(len(targets), seed=seed)
-    )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def _eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
-    """Unshuffled loader that keeps the last partial batch so every sample is evaluated."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def _require(dataset: Dataset | None, name: str) -> Dataset:
-    """Return ``dataset`` or fail with a hint to call ``setup`` first."""
-    if dataset is None:
-        raise RuntimeError(f"`{name}` is not built yet; call `setup()` before the dataloaders.")
-    return dataset
-
-
 def _check_loader_args(batch_size: int, num_workers: int, seed: int) -> None:
     """Shared argument checks of the two data modules."""
     _check_int("batch_size", batch_size, 1)
@@ -309,7 +265,7 @@ def _check_loader_args(batch_size: int, num_workers: int, seed: int) -> None:
         raise ValueError(f"`seed` must be an int, got {type(seed).__name__}.")
 
 
-class CIFARLongTailDataModule(LightningDataModule):
+class CIFARLongTailDataModule(SplitDataModule):
     """CIFAR-10-LT / CIFAR-100-LT (Cao et al., 2019) from a local copy of CIFAR.
 
     ``root`` must hold torchvision's layout: ``root/cifar-10-batches-py/`` (``data_batch_1`` …
@@ -467,31 +423,12 @@ class CIFARLongTailDataModule(LightningDataModule):
         self.test_dataset = self._load(False, test_transform)
         self.val_dataset = self.test_dataset
 
-    def train_dataloader(self) -> DataLoader:
-        """Training loader over the long-tailed split (seeded, optionally class-balanced)."""
-        dataset = _require(self.train_dataset, "train_dataset")
+    def train_sampler(self, dataset: Dataset) -> Sampler[int]:
+        """Instance-uniform (epoch-seeded) or, for cRT, class-balanced."""
+        if not self.class_balanced:
+            return super().train_sampler(dataset)
         assert self.train_targets is not None
-        return _train_loader(
-            dataset,
-            self.train_targets,
-            self.batch_size,
-            self.class_balanced,
-            self.seed,
-            self.drop_last,
-            self.num_workers,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation loader: the balanced CIFAR test set, unshuffled."""
-        return _eval_loader(
-            _require(self.val_dataset, "val_dataset"), self.batch_size, self.num_workers
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        """Test loader: the balanced CIFAR test set, unshuffled."""
-        return _eval_loader(
-            _require(self.test_dataset, "test_dataset"), self.batch_size, self.num_workers
-        )
+        return ClassBalancedSampler(self.train_targets, seed=self.seed)
 
 
 # Pixel values of load_digits are integer counts in [0, 16].
@@ -504,7 +441,7 @@ def _digits_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     return TensorDataset(x, torch.from_numpy(labels).to(torch.int64))
 
 
-class DigitsLongTailDataModule(LightningDataModule):
+class DigitsLongTailDataModule(SplitDataModule):
     """A long-tailed training split of scikit-learn's 8×8 digits, with a balanced validation set.
 
     The 1797 bundled images (174–183 per class) are shuffled once with ``seed``; the first
@@ -616,8 +553,8 @@ class DigitsLongTailDataModule(LightningDataModule):
         self.val_dataset = _digits_dataset(images[val_idx], labels[val_idx])
         self.test_dataset = self.val_dataset
 
-    def train_dataloader(self) -> DataLoader:
-        """Training loader over the long-tailed split (seeded, optionally class-balanced).
+    def train_sampler(self, dataset: Dataset) -> Sampler[int]:
+        """Instance-uniform (epoch-seeded) or class-balanced.
 
         Example::
 
@@ -627,26 +564,7 @@ class DigitsLongTailDataModule(LightningDataModule):
             >>> tuple(images.shape), labels.dtype
             ((32, 1, 8, 8), torch.int64)
         """
-        dataset = _require(self.train_dataset, "train_dataset")
+        if not self.class_balanced:
+            return super().train_sampler(dataset)
         targets = dataset.tensors[1].numpy()  # type: ignore[attr-defined]
-        return _train_loader(
-            dataset,
-            targets,
-            self.batch_size,
-            self.class_balanced,
-            self.seed,
-            self.drop_last,
-            self.num_workers,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation loader (balanced, unshuffled)."""
-        return _eval_loader(
-            _require(self.val_dataset, "val_dataset"), self.batch_size, self.num_workers
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        """Test loader: the validation set."""
-        return _eval_loader(
-            _require(self.test_dataset, "test_dataset"), self.batch_size, self.num_workers
-        )
+        return ClassBalancedSampler(targets, seed=self.seed)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from lightning_mtl.data.samplers import EpochSeededRandomSampler
+from lightning_mtl.data.base import SplitDataModule
 
 __all__ = ["MultiDigitsDataModule", "compose_side_by_side"]
 
@@ -64,7 +63,7 @@ def _draw_sources(pool: np.ndarray, count: int, num_tasks: int, seed: int, strea
     return torch.from_numpy(rng.choice(pool, size=(count, num_tasks))).to(torch.int64)
 
 
-class MultiDigitsDataModule(LightningDataModule):
+class MultiDigitsDataModule(SplitDataModule):
     """Lightning data module of ``num_tasks`` digits side by side, one classification per digit.
 
     The 1797 digits are split once, stratified by class and with ``seed`` as the random state,
@@ -200,47 +199,3 @@ class MultiDigitsDataModule(LightningDataModule):
             compose_side_by_side(images, self.val_sources), targets[self.val_sources]
         )
         self.test_dataset = self.val_dataset
-
-    def _require(self, dataset: TensorDataset | None, name: str) -> TensorDataset:
-        """Return ``dataset`` or fail with a hint to call :meth:`setup` first."""
-        if dataset is None:
-            raise RuntimeError(f"`{name}` is not built yet; call `setup()` before the dataloaders.")
-        return dataset
-
-    def _eval_loader(self, dataset: TensorDataset) -> DataLoader:
-        """Unshuffled loader that keeps the final partial batch so every sample is evaluated."""
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Training loader: epoch-seeded order, last incomplete batch dropped.
-
-        Example::
-
-            >>> dm = MultiDigitsDataModule(batch_size=100, train_size=250, val_size=10)
-            >>> dm.setup("fit")
-            >>> len(dm.train_dataloader())  # 250 // 100
-            2
-        """
-        dataset = self._require(self.train_dataset, "train_dataset")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededRandomSampler(len(dataset), seed=self.seed),
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation loader (unshuffled)."""
-        return self._eval_loader(self._require(self.val_dataset, "val_dataset"))
-
-    def test_dataloader(self) -> DataLoader:
-        """Test loader (unshuffled); iterates the validation split, see the class docstring."""
-        return self._eval_loader(self._require(self.test_dataset, "test_dataset"))

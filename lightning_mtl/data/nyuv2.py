@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from lightning_mtl.data.samplers import EpochSeededRandomSampler
+from lightning_mtl.data.base import SplitDataModule
 
 __all__ = [
     "NYUV2_NUM_CLASSES",
@@ -183,7 +182,7 @@ class NYUv2Dataset(Dataset[NYUv2Sample]):
         return flip_horizontally(sample) if random.random() < 0.5 else sample
 
 
-class NYUv2DataModule(LightningDataModule):
+class NYUv2DataModule(SplitDataModule):
     """NYUv2 segmentation, depth and surface normals from MTAN's preprocessed ``.npy`` files.
 
     ``root`` holds ``train/`` (795 images) and ``val/`` (654) with the folders ``image``,
@@ -294,40 +293,6 @@ class NYUv2DataModule(LightningDataModule):
         self.train_dataset = NYUv2Dataset(self.root / "train", train, augment=self.augment)
         self.val_dataset = NYUv2Dataset(self.root / "val", val)
         self.test_dataset = self.val_dataset
-
-    def _require(self, dataset: NYUv2Dataset | None, name: str) -> NYUv2Dataset:
-        if dataset is None:
-            raise RuntimeError(f"`{name}` is not built yet; call `setup()` before the dataloaders.")
-        return dataset
-
-    def _eval_loader(self, dataset: NYUv2Dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Training loader: epoch-seeded order, last incomplete batch dropped."""
-        dataset = self._require(self.train_dataset, "train_dataset")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededRandomSampler(len(dataset), seed=self.seed),
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation loader (the ``val`` split, unshuffled)."""
-        return self._eval_loader(self._require(self.val_dataset, "val_dataset"))
-
-    def test_dataloader(self) -> DataLoader:
-        """Test loader: the ``val`` split again (see the class docstring)."""
-        return self._eval_loader(self._require(self.test_dataset, "test_dataset"))
 
 
 def _npy_indices(folder: Path) -> set[int]:
