@@ -162,12 +162,18 @@ class GradientBalancingStrategy:
         """Scalars worth logging after a step (e.g. a scheduled coefficient)."""
         return {}
 
+    state_fields: ClassVar[tuple[str, ...]] = ()
+    """Attributes that make up the strategy's state; :meth:`state_dict` and
+    :meth:`load_state_dict` save and restore exactly these."""
+
     def state_dict(self) -> dict[str, Any]:
-        """State to checkpoint: plain Python values and tensors only."""
-        return {}
+        """State to checkpoint (the :attr:`state_fields`): plain Python values and tensors only."""
+        return {name: getattr(self, name) for name in self.state_fields}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+        for name in self.state_fields:
+            setattr(self, name, state_dict[name])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

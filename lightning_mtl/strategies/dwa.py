@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,6 +53,7 @@ class DWA(GradientBalancingStrategy):
     """
 
     requirement = Requirement.LOSSES
+    state_fields = ("epoch", "count", "sums", "history")
 
     def __init__(self, temperature: float = 2.0) -> None:
         if not (math.isfinite(temperature) and temperature > 0):
@@ -95,22 +95,6 @@ class DWA(GradientBalancingStrategy):
     @override
     def log_values(self) -> dict[str, Tensor | float]:
         return weight_log_values(self.names, self.last_weights)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "count": self.count,
-            "sums": self.sums,
-            "history": self.history,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epoch = state_dict["epoch"]
-        self.count = state_dict["count"]
-        self.sums = state_dict["sums"]
-        self.history = state_dict["history"]
 
     def __repr__(self) -> str:
         return f"DWA(temperature={self.temperature})"

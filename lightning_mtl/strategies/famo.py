@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,6 +63,7 @@ class FAMO(GradientBalancingStrategy):
     """
 
     requirement = Requirement.LOSSES
+    state_fields = ("logits", "exp_avg", "exp_avg_sq", "steps", "previous")
 
     def __init__(
         self, lr: float = 0.025, gamma: float = 1e-3, min_losses: Mapping[str, float] | None = None
@@ -143,24 +143,6 @@ class FAMO(GradientBalancingStrategy):
     @override
     def log_values(self) -> dict[str, Tensor | float]:
         return weight_log_values(self.names, self.last_weights)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "logits": self.logits,
-            "exp_avg": self.exp_avg,
-            "exp_avg_sq": self.exp_avg_sq,
-            "steps": self.steps,
-            "previous": self.previous,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.logits = state_dict["logits"]
-        self.exp_avg = state_dict["exp_avg"]
-        self.exp_avg_sq = state_dict["exp_avg_sq"]
-        self.steps = state_dict["steps"]
-        self.previous = state_dict["previous"]
 
     def __repr__(self) -> str:
         return f"FAMO(lr={self.lr}, gamma={self.gamma}, min_losses={self.min_losses})"

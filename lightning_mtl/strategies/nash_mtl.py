@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -72,6 +71,7 @@ class NashMTL(GradientBalancingStrategy):
     """
 
     requirement = Requirement.GRAMIAN
+    state_fields = ("alpha", "solved_at")
 
     def __init__(
         self,
@@ -131,15 +131,6 @@ class NashMTL(GradientBalancingStrategy):
     @override
     def log_values(self) -> dict[str, Tensor | float]:
         return weight_log_values(self.names, self.last_weights)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "solved_at": self.solved_at}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.alpha = state_dict["alpha"]
-        self.solved_at = state_dict["solved_at"]
 
     def __repr__(self) -> str:
         return (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from torch import Tensor
 from typing_extensions import override
@@ -70,6 +70,7 @@ class PGI(GradientBalancingStrategy):
     """
 
     requirement = Requirement.LOSSES
+    state_fields = ("start", "alpha")
 
     def __init__(
         self,
@@ -146,15 +147,6 @@ class PGI(GradientBalancingStrategy):
     @override
     def log_values(self) -> dict[str, Tensor | float]:
         return {"alpha": self.alpha}
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "alpha": self.alpha}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.start = state_dict["start"]
-        self.alpha = state_dict["alpha"]
 
     def __repr__(self) -> str:
         return (

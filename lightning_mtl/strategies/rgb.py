@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,6 +73,7 @@ class RGB(GradientBalancingStrategy):
     """
 
     requirement = Requirement.JACOBIAN
+    state_fields = ("ema_direction", "previous_losses")
 
     def __init__(
         self,
@@ -194,18 +194,6 @@ class RGB(GradientBalancingStrategy):
         if self.angles is None:
             return {}
         return {"mean_angle_deg": torch.rad2deg(self.angles.mean())}
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "ema_direction": self.ema_direction,
-            "previous_losses": self.previous_losses,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.ema_direction = state_dict["ema_direction"]
-        self.previous_losses = state_dict["previous_losses"]
 
     def __repr__(self) -> str:
         return (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,6 +57,7 @@ class UW(GradientBalancingStrategy):
     """
 
     requirement = Requirement.LOSSES
+    state_fields = ("log_variances",)
 
     def __init__(self, lr: float = 0.01, initial_log_variance: float = 0.0) -> None:
         if not (math.isfinite(lr) and lr > 0):
@@ -85,14 +85,6 @@ class UW(GradientBalancingStrategy):
     @override
     def log_values(self) -> dict[str, Tensor | float]:
         return weight_log_values(self.names, self.last_weights)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"log_variances": self.log_variances}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.log_variances = state_dict["log_variances"]
 
     def __repr__(self) -> str:
         return f"UW(lr={self.lr}, initial_log_variance={self.initial_log_variance})"
