@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_mtl.data.digits import digits_two_view_augment
 from lightning_mtl.losses.supcon import supervised_contrastive_loss
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
+from lightning_mtl.models.optim import sgd_with_cosine_decay
 from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.pgi import PGI
 
@@ -118,17 +119,4 @@ class DigitsMultiObjective(MultiObjectiveMixin, pl.LightningModule):
         self.log("test/acc", self.test_accuracy)
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.SGD(
-            self.parameters(),
-            lr=self.hparams.lr,
-            momentum=0.9,
-            weight_decay=self.hparams.weight_decay,
-        )
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 100
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(epochs, 1), eta_min=self.hparams.lr * 0.01
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
-        }
+        return sgd_with_cosine_decay(self, self.hparams.lr, self.hparams.weight_decay)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from lightning_mtl.metrics.multitask import PerTaskAccuracy, delta_m
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
+from lightning_mtl.models.optim import sgd_with_cosine_decay
 from lightning_mtl.objectives import Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.linear_scalarization import LinearScalarization
@@ -217,17 +218,4 @@ class MultiDigitsModule(MultiObjectiveMixin, pl.LightningModule):
             self.log(name, value, prog_bar=name.endswith("acc_mean"), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.SGD(
-            self.parameters(),
-            lr=self.hparams.lr,
-            momentum=0.9,
-            weight_decay=self.hparams.weight_decay,
-        )
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 100
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(epochs, 1), eta_min=self.hparams.lr * 0.01
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
-        }
+        return sgd_with_cosine_decay(self, self.hparams.lr, self.hparams.weight_decay)
