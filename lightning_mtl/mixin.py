@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from lightning_mtl.callbacks.base import SHARED_SCOPE, ObjectiveGradientCallback
 from lightning_mtl.engine.balance import Backend, GradientEngine, ObjectiveGradients, Scope
 from lightning_mtl.engine.scope import shared_parameters, submodule_parameters, used_parameters
+from lightning_mtl.engine.sharpness import Perturbation, perturb
 from lightning_mtl.objectives import (
     ObjectiveGroups,
     Objectives,
@@ -81,6 +82,10 @@ class MultiObjectiveMixin:
                 "LightningModule's hooks would hide the mixin's; put the mixin first: "
                 f"class {cls.__name__}(MultiObjectiveMixin, LightningModule)."
             )
+
+    objective_pass: str = "balance"
+    """Which pass ``compute_objectives`` serves: ``"balance"``, or ``"perturb"`` for the first
+    pass of a sharpness-aware strategy (PLOT: the base method's loss, e.g. with mixup)."""
 
     balancing_strategy: GradientBalancingStrategy | None = None
     balancing_override: GradientBalancingStrategy | None = None
@@ -217,6 +222,13 @@ class MultiObjectiveMixin:
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         module: Any = self
         trainer = module.trainer
+        strategy = self.active_balancing_strategy
+        optimizer = module.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        perturbation = None
+        if strategy.sam_radius is not None:
+            perturbation = self._sharpness_aware_perturbation(batch, batch_idx, strategy.sam_radius)
+        self.objective_pass = "balance"
         output = self.compute_objectives(batch, batch_idx)
         losses = check_losses(output)
         representation = output.representation if isinstance(output, Objectives) else None
@@ -224,9 +236,10 @@ class MultiObjectiveMixin:
         objectives = torch.stack(objective_list)
         self._log_objectives(losses, names, objectives)
         if not self._finite_or_skip(losses, trainer.global_step, trainer.log_every_n_steps):
+            if perturbation is not None:
+                perturbation.undo()
             return None
 
-        strategy = self.active_balancing_strategy
         if self._prepared.get(id(strategy)) != names:
             strategy.setup(names)
             self._prepared[id(strategy)] = names
@@ -240,8 +253,9 @@ class MultiObjectiveMixin:
             callback.objective_gradient_parameters(module) is None for callback in observers
         )
         scope = self._scope(names, objective_list, representation) if needs_scope else Scope()
-        optimizer = module.optimizers()
-        optimizer.zero_grad(set_to_none=True)
+        if perturbation is not None:
+            # Outside the scope, the unperturbed loss's gradient trains (written below).
+            scope = Scope(parameters=perturbation.scope)
         self.objective_gradients = self.gradient_engine.step(
             names,
             objectives,
@@ -254,6 +268,9 @@ class MultiObjectiveMixin:
                 for callback in observers
             },
         )
+        if perturbation is not None:
+            perturbation.undo(getattr(strategy, "keep_perturbation", 0.0))
+            perturbation.write_other_grads()
         optimizer.step()
         self._step_schedulers("step")
         for key, value in strategy.log_values().items():
@@ -287,6 +304,29 @@ class MultiObjectiveMixin:
         return self.balancing_strategy.state_dict() if self.balancing_strategy else {}
 
     # --- internals -------------------------------------------------------------------------
+
+    def _sharpness_aware_perturbation(
+        self, batch: Any, batch_idx: int, radius: float
+    ) -> Perturbation:
+        """First pass of a sharpness-aware step: the loss of ``objective_pass == "perturb"``
+        moves the scope to its worst-case neighbour (see :func:`~lightning_mtl.engine.sharpness
+        .perturb`)."""
+        module: Any = self
+        if isinstance(self.balancing_scope, str):
+            raise ValueError(
+                "a sharpness-aware strategy (e.g. PLOT) perturbs named layers: pass "
+                "configure_balancing(..., scope=['layer3']) rather than "
+                f"scope={self.balancing_scope!r}."
+            )
+        self.objective_pass = "perturb"
+        losses = check_losses(self.compute_objectives(batch, batch_idx))
+        total = torch.stack([loss.float() for loss in losses.values()]).sum()
+        module.log("train/perturb_loss", total.detach())
+        scope = submodule_parameters(module, self.balancing_scope)
+        inside = {id(p) for p in scope}
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        others = [p for p in used_parameters([total], trainable) if id(p) not in inside]
+        return perturb(total, scope, others, radius, self._backend())
 
     def _log_objectives(
         self, losses: Mapping[str, Tensor], names: tuple[str, ...], objectives: Tensor

@@ -16,6 +16,7 @@ from lightning_mtl.losses.long_tail import (
 )
 from lightning_mtl.losses.supcon import SupConLoss, supervised_contrastive_loss
 from lightning_mtl.losses.swav import SwAVLoss, sinkhorn_knopp, swav_loss
+from lightning_mtl.losses.variability import per_class_loss_std, variability_collapse_loss
 
 __all__ = [
     "BalancedSoftmaxLoss",
@@ -28,9 +29,11 @@ __all__ = [
     "SwAVLoss",
     "drw_weights",
     "mixup",
+    "per_class_loss_std",
     "self_distillation_loss",
     "sinkhorn_knopp",
     "supervised_contrastive_loss",
     "swav_loss",
     "teacher_temperature",
+    "variability_collapse_loss",
 ]

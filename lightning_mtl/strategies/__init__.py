@@ -3,7 +3,8 @@
 Loss-based (one backward pass): :class:`LinearScalarization`, :class:`PGI`, :class:`DWA`,
 :class:`UW`, :class:`RLW`, :class:`FAMO`. Gramian-based: :class:`MGDA`, :class:`CAGrad`,
 :class:`UPGrad`, :class:`IMTLG`, :class:`AlignedMTL`, :class:`NashMTL`, :class:`FairGrad`,
-:class:`EPO`. Jacobian-based: :class:`PCGrad`, :class:`GradVac`, :class:`GradDrop`, :class:`RGB`.
+:class:`EPO`, :class:`PLOT` (CAGrad over classes, with SAM). Jacobian-based:
+:class:`PCGrad`, :class:`GradVac`, :class:`GradDrop`, :class:`RGB`.
 Any torchjd aggregator or weighting: :func:`from_torchjd`.
 """
 
@@ -27,6 +28,7 @@ from lightning_mtl.strategies.mgda import MGDA
 from lightning_mtl.strategies.nash_mtl import NashMTL
 from lightning_mtl.strategies.pcgrad import PCGrad
 from lightning_mtl.strategies.pgi import PGI
+from lightning_mtl.strategies.plot import PLOT
 from lightning_mtl.strategies.rgb import RGB
 from lightning_mtl.strategies.rlw import RLW
 from lightning_mtl.strategies.torchjd_adapter import from_torchjd
@@ -40,6 +42,7 @@ __all__ = [
     "IMTLG",
     "MGDA",
     "PGI",
+    "PLOT",
     "RGB",
     "RLW",
     "UW",

@@ -91,6 +91,10 @@ class GradientBalancingStrategy:
 
     requirement: ClassVar[Requirement] = Requirement.JACOBIAN
 
+    sam_radius: float | None = None
+    """A radius ``ρ`` turns on a sharpness-aware step: the mixin first perturbs the balanced
+    scope by ``ρ g / ‖g‖`` and balances the objectives there (see PLOT)."""
+
     record_adjusted: bool = False
     """Set by diagnostics callbacks on their cadence: a strategy that edits individual gradients
     (PCGrad, GradVac, RGB, ...) then keeps the edited per-objective gradients of that step in

@@ -1,0 +1,121 @@
+"""PLOT: class-as-task conflict-averse training for long-tailed recognition."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from typing_extensions import override
+
+from lightning_mtl.strategies._gramian_tools import Preference
+from lightning_mtl.strategies.cagrad import CAGrad
+
+
+def class_preference(class_counts: Sequence[int]) -> list[float]:
+    """PLOT's class-frequency preference ``b_c ∝ log(n_max / n_c + 0.01)`` (normalised to sum
+    to 1): rarer classes weigh more in the average gradient ``g0``.
+
+    Example::
+
+        >>> [round(b, 4) for b in class_preference([100, 10, 1])]
+        [0.0015, 0.3333, 0.6652]
+    """
+    if not class_counts or any(count <= 0 for count in class_counts):
+        raise ValueError(f"class_counts must be positive integers; got {list(class_counts)}.")
+    largest = max(class_counts)
+    raw = [math.log(largest / count + 0.01) for count in class_counts]
+    total = sum(raw)
+    return [value / total for value in raw]
+
+
+class PLOT(CAGrad):
+    """Pareto deep long-tailed recognition (Zhou et al., ICLR 2024; seed 002): every class is a
+    task, CAGrad balances the per-class gradients of a layer subset, and the step anticipates the
+    worst case with a SAM perturbation.
+
+    Use with objectives from :func:`~lightning_mtl.per_class_objectives` (optionally plus the
+    per-class variability-collapse terms of :mod:`lightning_mtl.losses.variability`), a scope
+    naming the layers PLOT balances (the paper's appendix: the last stage is best, e.g.
+    ``scope=["layer3"]`` on ResNet-32), and :class:`~lightning_mtl.callbacks.TemporalMOO` to stop
+    after ``E`` epochs. Each step then runs, in the mixin:
+
+    1. ``compute_objectives`` with ``self.objective_pass == "perturb"`` (the base method's loss,
+       e.g. on mixed-up inputs); its gradient ``g`` trains the parameters outside the scope and
+       sets the perturbation ``ε = ρ g_scope / ‖g_scope‖`` of the scope (eq. 3–4);
+    2. ``compute_objectives`` again with ``objective_pass == "balance"`` at the perturbed
+       weights (per-class objectives on the un-mixed labels, ``L_moo = L_SAM + L_vc``);
+       CAGrad over their gradients of the scope, with the class-frequency preference
+       :func:`class_preference` weighting ``g0``;
+    3. the perturbation is undone — all of it by default as in the paper; ``keep_perturbation``
+       keeps a fraction, as the authors' code does (1.0 on CIFAR-10 IR50/IR100) — and the
+       optimizer steps.
+
+    Objective names must be ``f"{prefix}{c}"`` for class ``c``; objectives may cover only the
+    classes present in the batch (absent classes have zero gradients, which would pull the
+    min-norm point to zero), so the preference is built for the names of each step.
+
+    Args:
+        rho: SAM radius ``ρ`` (the paper searches {1e-3, 1e-4, 1e-5}; configs use 1e-4).
+        c: CAGrad's radius (0.5 in the authors' configs).
+        class_counts: training samples per class, for the preference; uniform when ``None``.
+        prefix: the objectives' name prefix.
+        keep_perturbation: fraction of ``ε`` left in the weights after the step, in ``[0, 1]``.
+        rescale: CAGrad's rescaling (1: divide by ``1 + c²``, the authors' choice).
+
+    Example::
+
+        >>> import torch
+        >>> plot = PLOT(class_counts=[100, 10, 1])
+        >>> plot.sam_radius
+        0.0001
+        >>> plot.aggregate(torch.eye(2), names=["class_0", "class_2"]).shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        rho: float = 1e-4,
+        c: float = 0.5,
+        class_counts: Sequence[int] | None = None,
+        prefix: str = "class_",
+        keep_perturbation: float = 0.0,
+        rescale: Literal[0, 1, 2] = 1,
+    ) -> None:
+        super().__init__(c=c, rescale=rescale)
+        if not (math.isfinite(rho) and rho > 0):
+            raise ValueError(f"rho must be positive; got {rho}.")
+        if not 0.0 <= keep_perturbation <= 1.0:
+            raise ValueError(f"keep_perturbation must lie in [0, 1]; got {keep_perturbation}.")
+        self.sam_radius: float | None = float(rho)
+        self.keep_perturbation = float(keep_perturbation)
+        self.prefix = prefix
+        self.class_weights = class_preference(class_counts) if class_counts is not None else None
+        self._preferences: dict[tuple[str, ...], Preference] = {}
+
+    @override
+    def setup(self, names: Sequence[str]) -> None:
+        key = tuple(names)
+        if key not in self._preferences:
+            self._preferences[key] = Preference(self._weights_by_name(key), "PLOT")
+        self.preference = self._preferences[key]
+
+    def _weights_by_name(self, names: tuple[str, ...]) -> Mapping[str, float] | None:
+        if self.class_weights is None:
+            return None
+        weights = {}
+        for name in names:
+            suffix = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
+            if not suffix.isdigit() or int(suffix) >= len(self.class_weights):
+                raise ValueError(
+                    f"PLOT objectives must be named {self.prefix!r} + a class index below "
+                    f"{len(self.class_weights)} (see per_class_objectives); got {name!r}."
+                )
+            weights[name] = self.class_weights[int(suffix)]
+        return weights
+
+    def __repr__(self) -> str:
+        return (
+            f"PLOT(rho={self.sam_radius}, c={self.c}, keep_perturbation="
+            f"{self.keep_perturbation}, weighted={self.class_weights is not None})"
+        )
