@@ -13,17 +13,20 @@ from collections.abc import Mapping
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor
 
 
 class MultiObjectiveCLI(LightningCLI):
-    """LightningCLI that, after ``fit``, tests the trained model and prints a metrics table."""
+    """LightningCLI that, after ``fit``, tests the trained model (when it has a ``test_step``)
+    and prints a metrics table."""
 
     def after_fit(self) -> None:
         fitted = dict(self.trainer.callback_metrics)
-        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        if is_overridden("test_step", self.model):
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
         if self.trainer.is_global_zero:
             Console().print(metrics_table({**fitted, **self.trainer.callback_metrics}))
 

@@ -3,6 +3,7 @@ ResNet-32 for CIFAR."""
 
 from lightning_mtl.models.celeba import CelebAMultiTask
 from lightning_mtl.models.digits import DigitsEncoder, DigitsMultiObjective
+from lightning_mtl.models.long_tail import LongTailClassifier
 from lightning_mtl.models.multidigits import MultiDigitsEncoder, MultiDigitsModule
 from lightning_mtl.models.nyuv2 import NYUv2MultiTask
 from lightning_mtl.models.resnet_cifar import ResNetCIFAR, resnet32
@@ -11,6 +12,7 @@ __all__ = [
     "CelebAMultiTask",
     "DigitsEncoder",
     "DigitsMultiObjective",
+    "LongTailClassifier",
     "MultiDigitsEncoder",
     "MultiDigitsModule",
     "NYUv2MultiTask",

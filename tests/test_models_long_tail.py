@@ -1,0 +1,80 @@
+"""LongTailClassifier: class-as-task objectives, PLOT's extra terms, mixup, and the recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_mtl.callbacks import TemporalMOO
+from lightning_mtl.cli import MultiObjectiveCLI
+from lightning_mtl.losses.long_tail import mixup
+from lightning_mtl.models import LongTailClassifier
+from lightning_mtl.strategies import PLOT
+
+IMAGES = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+LABELS = torch.tensor([0, 0, 0, 3, 3, 7])
+
+
+def test_objectives_are_the_present_classes_and_sum_to_the_loss() -> None:
+    model = LongTailClassifier()
+    objectives = model.compute_objectives((IMAGES, LABELS), 0)
+    assert list(objectives) == ["class_0", "class_3", "class_7"]
+    per_sample = F.cross_entropy(model(IMAGES), LABELS, reduction="none")
+    torch.testing.assert_close(sum(objectives.values()), per_sample.mean())
+    torch.testing.assert_close(objectives["class_3"], per_sample[3:5].sum() / 6)
+
+
+def test_plot_adds_the_variability_collapse_share_of_each_class() -> None:
+    model = LongTailClassifier(strategy=PLOT())
+    objectives = model.compute_objectives((IMAGES, LABELS), 0)
+    per_sample = F.cross_entropy(model(IMAGES), LABELS, reduction="none")
+    measured = 2  # classes 0 and 3 have two or more samples; class 7 is a singleton
+    expected = {
+        "class_0": per_sample[:3].sum() / 6 + per_sample[:3].std() / measured,
+        "class_3": per_sample[3:5].sum() / 6 + per_sample[3:5].std() / measured,
+        "class_7": per_sample[5] / 6,
+    }
+    for name, value in expected.items():
+        torch.testing.assert_close(objectives[name], value)
+
+
+def test_perturbing_pass_is_the_mixup_loss() -> None:
+    model = LongTailClassifier(mixup_alpha=0.4)
+    model.objective_pass = "perturb"
+    loss = model.compute_objectives((IMAGES, LABELS), 0)["base"]
+    generator = torch.Generator().manual_seed(0)  # step 0
+    mixed, soft, _ = mixup(IMAGES, F.one_hot(LABELS, 10).float(), 0.4, generator)
+    torch.testing.assert_close(loss, F.cross_entropy(model(mixed), soft))
+    with pytest.raises(ValueError, match="mixup is supported with loss='ce'"):
+        LongTailClassifier(mixup_alpha=0.4, loss="balanced_softmax")
+
+
+def test_embedded_long_tail_recipe_reports_many_medium_few(tmp_path: Path) -> None:
+    cli = MultiObjectiveCLI(
+        args=[
+            "fit",
+            "--config",
+            "recipes/digits_lt_plot.yaml",
+            "--trainer.max_epochs",
+            "8",
+            "--trainer.callbacks.init_args.epochs",
+            "1",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ],
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        model_class=None,
+        datamodule_class=None,
+    )
+    metrics = {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
+    for group in ("many", "medium", "few"):
+        assert 0.0 <= metrics[f"test/acc_{group}"] <= 1.0
+    assert metrics["test/acc"] > 0.3  # chance is 0.1
+    (temporal,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, TemporalMOO)]
+    assert temporal.switched_at_epoch == 1
+    assert cli.model.balancing_strategy.class_weights is not None  # filled from the data
