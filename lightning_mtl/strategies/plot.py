@@ -18,8 +18,8 @@ def class_preference(class_counts: Sequence[int]) -> list[float]:
 
     Example::
 
-        >>> [round(b, 4) for b in class_preference([100, 10, 1])]
-        [0.0015, 0.3333, 0.6652]
+        >>> [round(b, 4) for b in class_preference([100, 10, 1])]  # ∝ log 1.01, 10.01, 100.01
+        [0.0014, 0.3329, 0.6656]
     """
     if not class_counts or any(count <= 0 for count in class_counts):
         raise ValueError(f"class_counts must be positive integers; got {list(class_counts)}.")
