@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_mtl.metrics.gcd import GCDAccuracy, cluster_accuracy
+from lightning_mtl.metrics.gcd import ClusterAccuracy, cluster_accuracy
 
 
 def test_permuted_clusters_are_fully_correct() -> None:
@@ -130,7 +130,7 @@ def test_metric_two_updates_equal_function_on_concatenation() -> None:
     logits = torch.randn(20, 6, generator=generator)
     predicted = torch.randint(0, 6, (15,), generator=generator)
     targets = torch.randint(0, 5, (35,), generator=generator)
-    metric = GCDAccuracy(old_classes=3)
+    metric = ClusterAccuracy(old_classes=3)
     metric.update(logits, targets[:20])  # logits: reduced by argmax
     metric.update(predicted, targets[20:])
     result = metric.compute()
@@ -149,7 +149,11 @@ def test_metric_merged_states_equal_single_metric() -> None:
     # What DDP synchronisation does: concatenate the per-process states.
     preds = torch.tensor([2, 2, 0, 1, 1, 0, 2, 1])
     target = torch.tensor([0, 0, 1, 2, 2, 1, 0, 0])
-    first, second, single = GCDAccuracy([0, 1]), GCDAccuracy([0, 1]), GCDAccuracy([0, 1])
+    first, second, single = (
+        ClusterAccuracy([0, 1]),
+        ClusterAccuracy([0, 1]),
+        ClusterAccuracy([0, 1]),
+    )
     first.update(preds[:3], target[:3])
     second.update(preds[3:], target[3:])
     single.update(preds, target)
@@ -160,11 +164,11 @@ def test_metric_merged_states_equal_single_metric() -> None:
 
 
 def test_metric_validation() -> None:
-    metric = GCDAccuracy(old_classes=2)
+    metric = ClusterAccuracy(old_classes=2)
     with pytest.raises(ValueError, match="shapes"):
         metric.update(torch.tensor([0, 1]), torch.tensor([0]))
     with pytest.raises(ValueError, match="integers"):
         metric.update(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="old_classes"):
-        GCDAccuracy(old_classes=True)  # type: ignore[arg-type]
-    assert GCDAccuracy(old_classes=[3, 1]).old_classes == (3, 1)
+        ClusterAccuracy(old_classes=True)  # type: ignore[arg-type]
+    assert ClusterAccuracy(old_classes=[3, 1]).old_classes == (3, 1)

@@ -8,7 +8,7 @@ old-class images and every new-class image) is unlabeled. Old classes are renumb
 ``0 … K_old − 1`` and new classes ``K_old … K − 1``. The model is scored on the unlabeled
 training images (transductive protocol), so the evaluation loaders of the data modules here
 iterate those images, unaugmented, with their true (renumbered) labels and an ``is_old`` flag;
-:class:`~lightning_mtl.metrics.GCDAccuracy` with ``old_classes=K_old`` consumes them directly.
+:class:`~lightning_mtl.metrics.ClusterAccuracy` with ``old_classes=K_old`` consumes them directly.
 Nothing is ever downloaded here.
 """
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-__all__ = ["GCDAccuracy", "cluster_accuracy"]
+__all__ = ["ClusterAccuracy", "cluster_accuracy"]
 
 Labels = Tensor | np.ndarray | Sequence[int]
 """Integer labels: a tensor, a NumPy array or a sequence of ints."""
@@ -135,7 +135,7 @@ def cluster_accuracy(
     }
 
 
-class GCDAccuracy(Metric):
+class ClusterAccuracy(Metric):
     """GCD clustering accuracy (All / Old / New) accumulated over batches and processes.
 
     ``update`` stores the predicted cluster ids (or logits ``[N, K]``, reduced by argmax) and the
@@ -153,7 +153,7 @@ class GCDAccuracy(Metric):
     Example::
 
         >>> import torch
-        >>> metric = GCDAccuracy(old_classes=2)
+        >>> metric = ClusterAccuracy(old_classes=2)
         >>> metric.update(torch.tensor([1, 1, 0, 2]), torch.tensor([0, 0, 0, 1]))
         >>> logits = torch.tensor([[0.0, 0, 5], [0, 0, 5], [5, 0, 0], [5, 0, 0]])  # argmax 2 2 0 0
         >>> metric.update(logits, torch.tensor([1, 2, 2, 2]))
