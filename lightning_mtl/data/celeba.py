@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_mtl.data._local import check_int
 from lightning_mtl.data.base import SplitDataModule
 
 __all__ = [
@@ -61,11 +62,6 @@ EXPECTED_LAYOUT = (
     f"'filename ±1 …' rows) and root/{PARTITION_FILE} ('filename split', 0 train / 1 val / "
     "2 test), as in the official CelebA release (Align&Cropped images)"
 )
-
-
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
 
 
 def _rows(lines: Iterable[str]) -> list[list[str]]:
@@ -246,10 +242,10 @@ class CelebADataModule(SplitDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_int("image_size", image_size, 8)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
-        _check_int("seed", seed, 0)
+        check_int("image_size", image_size, 8)
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
+        check_int("seed", seed, 0)
         self.save_hyperparameters()
         self.root = Path(root)
         self.image_size = image_size

@@ -14,6 +14,7 @@ Nothing is ever downloaded here.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,8 +27,15 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from lightning_mtl.data._local import (
+    CIFAR_NUM_CLASSES,
+    Labels,
+    check_cifar_name,
+    check_int,
+    labels_array,
+    load_cifar,
+)
 from lightning_mtl.data.base import SplitDataModule
-from lightning_mtl.data.long_tail import _CIFAR, _CIFAR_NUM_CLASSES
 
 __all__ = [
     "GCD_IMAGENET_MEAN",
@@ -40,7 +48,6 @@ __all__ = [
     "gcd_split",
 ]
 
-Labels = Sequence[int] | np.ndarray | Tensor
 
 # The GCD / SimGCD reference code normalises every data set (CIFAR included) with the ImageNet
 # statistics of its DINO backbone; kept so that results are comparable with the literature.
@@ -54,27 +61,6 @@ _DEFAULT_NUM_OLD = {"cifar10": 5, "cifar100": 80, "digits": 5}
 
 _IMAGE_SIDE = 8
 _MAX_PIXEL = 16.0  # load_digits pixels are counts in [0, 16]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` if it is an int (not a bool) ``>= minimum``, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _labels_array(targets: Labels) -> np.ndarray:
-    """Integer labels as a 1-D int64 NumPy array; ValueError for other shapes or dtypes."""
-    if isinstance(targets, Tensor):
-        targets = targets.detach().cpu().numpy()
-    array = np.asarray(targets)
-    if array.ndim != 1:
-        raise ValueError(f"`targets` must be 1-D, got shape {array.shape}.")
-    if array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"`targets` must be integer labels, got dtype {array.dtype}.")
-    if array.size and array.min() < 0:
-        raise ValueError(f"`targets` must be >= 0, got a label {int(array.min())}.")
-    return array.astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,7 +116,7 @@ class GCDSplit:
             >>> gcd_split([3, 1, 2, 0], old_classes=[2, 3]).remap([0, 1, 2, 3]).tolist()
             [2, 3, 0, 1]
         """
-        labels = _labels_array(targets)
+        labels = labels_array(targets)
         table = np.full(max(self.class_map) + 1, -1, dtype=np.int64)
         for original, new in self.class_map.items():
             table[original] = new
@@ -182,7 +168,7 @@ def gcd_split(
         >>> gcd_split([5, 5, 7, 9], old_classes=[9, 7]).class_map  # old first, each ascending
         {7: 0, 9: 1, 5: 2}
     """
-    labels = _labels_array(targets)
+    labels = labels_array(targets)
     try:
         old = [int(c) for c in old_classes]
     except TypeError:
@@ -260,7 +246,7 @@ class BalancedLabeledSampler(Sampler[int]):
             raise ValueError(f"`is_labeled` must hold bools, got dtype {mask.dtype}.")
         mask = mask.astype(bool)
         self.num_samples = mask.size if num_samples is None else num_samples
-        _check_int("num_samples", self.num_samples, 1)
+        check_int("num_samples", self.num_samples, 1)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"`seed` must be an int, got {type(seed).__name__}.")
         self.is_labeled = mask
@@ -375,7 +361,7 @@ class _GCDEvalSet(Dataset):
         return image, self.labels[position], self.is_old[position]
 
 
-class GCDDataModule(SplitDataModule):
+class GCDDataModule(SplitDataModule, ABC):
     """Base of the GCD data modules: split, balanced training sampler, transductive evaluation.
 
     Subclasses implement :meth:`_load`, returning an image getter over the training set and its
@@ -409,9 +395,9 @@ class GCDDataModule(SplitDataModule):
         drop_last: bool = True,
     ) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
-        _check_int("seed", seed, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
+        check_int("seed", seed, 0)
         if not (isinstance(labeled_fraction, int | float) and 0.0 < labeled_fraction <= 1.0):
             raise ValueError(f"`labeled_fraction` must be in (0, 1], got {labeled_fraction!r}.")
         self.old_classes = [int(c) for c in old_classes]
@@ -431,9 +417,9 @@ class GCDDataModule(SplitDataModule):
         """Number of old classes ``K_old``."""
         return len(self.old_classes)
 
+    @abstractmethod
     def _load(self) -> tuple[Callable[[int], Any], np.ndarray]:
-        """``(getter of training image i, original training labels)``; subclasses implement."""
-        raise NotImplementedError
+        """``(getter of training image i, original training labels)``."""
 
     def _train_transform(self) -> Callable[[Any], Tensor] | None:
         """Augmentation applied twice per training image; ``None`` returns the raw image."""
@@ -577,9 +563,8 @@ class CIFARGCDDataModule(GCDDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        if dataset not in _CIFAR:
-            raise ValueError(f"`dataset` must be one of {sorted(_CIFAR)}, got {dataset!r}.")
-        num_classes = _CIFAR_NUM_CLASSES[dataset]
+        check_cifar_name(dataset)
+        num_classes = CIFAR_NUM_CLASSES[dataset]
         old = list(range(_DEFAULT_NUM_OLD[dataset])) if old_classes is None else list(old_classes)
         if any(not 0 <= int(c) < num_classes for c in old):
             raise ValueError(f"`old_classes` must lie in [0, {num_classes}), got {old}.")
@@ -588,41 +573,14 @@ class CIFARGCDDataModule(GCDDataModule):
         self.root = Path(root)
         self.dataset = dataset
         self.color_jitter = tuple(color_jitter)
-        self._folder, self._files, _ = _CIFAR[dataset]
 
     @property
     def num_classes(self) -> int:
         """10 or 100."""
-        return _CIFAR_NUM_CLASSES[self.dataset]
-
-    def _check_files(self) -> None:
-        """FileNotFoundError naming the expected layout when a CIFAR file is missing."""
-        base = self.root / self._folder
-        missing = [name for name in self._files if not (base / name).is_file()]
-        if missing:
-            name = "CIFAR10" if self.dataset == "cifar10" else "CIFAR100"
-            raise FileNotFoundError(
-                f"{name} not found under {str(self.root)!r}: expected the folder "
-                f"{str(base)!r} with the files {', '.join(self._files)} "
-                f"(missing: {', '.join(missing)}). This module never downloads. Get the data once "
-                f"on a machine with internet access with "
-                f"`torchvision.datasets.{name}({str(self.root)!r}, download=True)`, or extract "
-                f"the python version archive from https://www.cs.toronto.edu/~kriz/cifar.html "
-                f"into the root folder."
-            )
+        return CIFAR_NUM_CLASSES[self.dataset]
 
     def _load(self) -> tuple[Callable[[int], Any], np.ndarray]:
-        from torchvision import datasets
-
-        self._check_files()
-        cls = datasets.CIFAR10 if self.dataset == "cifar10" else datasets.CIFAR100
-        try:
-            base = cls(str(self.root), train=True, transform=None, download=False)
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"{cls.__name__} files under {str(self.root / self._folder)!r} exist but failed "
-                f"torchvision's integrity (MD5) check; re-extract the original archive. ({error})"
-            ) from error
+        base = load_cifar(self.root, self.dataset, train=True)
 
         def image(index: int) -> Any:
             return base[index][0]  # PIL image, as torchvision returns it

@@ -17,9 +17,17 @@ from typing import Literal
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
-from torch import Tensor
 from torch.utils.data import Dataset, Sampler, Subset, TensorDataset
 
+from lightning_mtl.data._local import (
+    CIFAR_LAYOUT,
+    CIFAR_NUM_CLASSES,
+    Labels,
+    check_cifar_name,
+    check_int,
+    labels_array,
+    load_cifar,
+)
 from lightning_mtl.data.base import SplitDataModule
 
 __all__ = [
@@ -30,44 +38,11 @@ __all__ = [
     "long_tail_indices",
 ]
 
-Labels = Sequence[int] | np.ndarray | Tensor
 
 # Per-channel statistics used by the LDAM-DRW reference code for both CIFAR-10 and CIFAR-100;
 # kept identical so that results are comparable with the CIFAR-LT literature.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
-
-_CIFAR = {
-    # name: (torchvision folder, files torchvision reads, images per class in the full train set)
-    "cifar10": (
-        "cifar-10-batches-py",
-        (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
-        5000,
-    ),
-    "cifar100": ("cifar-100-python", ("train", "test", "meta"), 500),
-}
-_CIFAR_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` if it is an int (not a bool) ``>= minimum``, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _labels_array(targets: Labels) -> np.ndarray:
-    """Integer labels as a 1-D int64 NumPy array; ValueError for other shapes or dtypes."""
-    if isinstance(targets, Tensor):
-        targets = targets.detach().cpu().numpy()
-    array = np.asarray(targets)
-    if array.ndim != 1:
-        raise ValueError(f"`targets` must be 1-D, got shape {array.shape}.")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"`targets` must be integer labels, got dtype {array.dtype}.")
-    if array.size and array.min() < 0:
-        raise ValueError(f"`targets` must be >= 0, got a label {int(array.min())}.")
-    return array.astype(np.int64, copy=False)
 
 
 def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> list[int]:
@@ -96,8 +71,8 @@ def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> li
         >>> sum(long_tail_counts(500, 100, 100))  # CIFAR-100-LT, ρ = 100
         10847
     """
-    n_max = _check_int("n_max", n_max, 1)
-    num_classes = _check_int("num_classes", num_classes, 2)
+    n_max = check_int("n_max", n_max, 1)
+    num_classes = check_int("num_classes", num_classes, 2)
     if not (isinstance(imbalance_ratio, int | float) and 1.0 <= imbalance_ratio < float("inf")):
         raise ValueError(
             f"`imbalance_ratio` must be a finite number >= 1, got {imbalance_ratio!r}."
@@ -138,7 +113,7 @@ def long_tail_indices(targets: Labels, counts: Sequence[int]) -> np.ndarray:
         >>> long_tail_indices([2, 0, 0, 1, 0], [3, 1, 1]).tolist()
         [0, 1, 2, 3, 4]
     """
-    labels = _labels_array(targets)
+    labels = labels_array(targets)
     wanted = np.asarray(counts, dtype=np.int64)
     if wanted.ndim != 1 or (wanted < 0).any():
         raise ValueError(f"`counts` must be a 1-D sequence of ints >= 0, got {list(counts)}.")
@@ -191,11 +166,11 @@ class ClassBalancedSampler(Sampler[int]):
     """
 
     def __init__(self, targets: Labels, num_samples: int | None = None, seed: int = 0) -> None:
-        labels = _labels_array(targets)
+        labels = labels_array(targets)
         if labels.size == 0:
             raise ValueError("`targets` is empty; there is nothing to sample.")
         self.num_samples = labels.size if num_samples is None else num_samples
-        _check_int("num_samples", self.num_samples, 1)
+        check_int("num_samples", self.num_samples, 1)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"`seed` must be an int, got {type(seed).__name__}.")
         self.targets = labels
@@ -259,8 +234,8 @@ class ClassBalancedSampler(Sampler[int]):
 
 def _check_loader_args(batch_size: int, num_workers: int, seed: int) -> None:
     """Shared argument checks of the two data modules."""
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_workers", num_workers, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("num_workers", num_workers, 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"`seed` must be an int, got {type(seed).__name__}.")
 
@@ -321,13 +296,12 @@ class CIFARLongTailDataModule(SplitDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
-        if dataset not in _CIFAR:
-            raise ValueError(f"`dataset` must be one of {sorted(_CIFAR)}, got {dataset!r}.")
+        check_cifar_name(dataset)
         _check_loader_args(batch_size, num_workers, seed)
-        folder, files, full_size = _CIFAR[dataset]
+        full_size = CIFAR_LAYOUT[dataset][2]
         n_max = full_size if max_per_class is None else max_per_class
         # Validates the ratio and n_max now rather than at setup.
-        self._class_counts = long_tail_counts(n_max, _CIFAR_NUM_CLASSES[dataset], imbalance_ratio)
+        self._class_counts = long_tail_counts(n_max, CIFAR_NUM_CLASSES[dataset], imbalance_ratio)
         self.save_hyperparameters()
         self.root = Path(root)
         self.dataset = dataset
@@ -337,7 +311,6 @@ class CIFARLongTailDataModule(SplitDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.drop_last = drop_last
-        self._folder, self._files = folder, files
         self.train_dataset: Subset | None = None
         self.train_targets: np.ndarray | None = None
         self.val_dataset: Dataset | None = None
@@ -346,41 +319,12 @@ class CIFARLongTailDataModule(SplitDataModule):
     @property
     def num_classes(self) -> int:
         """10 or 100."""
-        return _CIFAR_NUM_CLASSES[self.dataset]
+        return CIFAR_NUM_CLASSES[self.dataset]
 
     @property
     def class_counts(self) -> list[int]:
         """Training images per class (the long-tail profile), class 0 first."""
         return list(self._class_counts)
-
-    def _check_files(self) -> None:
-        """FileNotFoundError naming the expected layout when a CIFAR file is missing."""
-        base = self.root / self._folder
-        missing = [name for name in self._files if not (base / name).is_file()]
-        if missing:
-            name = "CIFAR10" if self.dataset == "cifar10" else "CIFAR100"
-            raise FileNotFoundError(
-                f"{name} not found under {str(self.root)!r}: expected the folder "
-                f"{str(base)!r} with the files {', '.join(self._files)} "
-                f"(missing: {', '.join(missing)}). This module never downloads. Get the data once "
-                f"on a machine with internet access with "
-                f"`torchvision.datasets.{name}({str(self.root)!r}, download=True)`, or extract "
-                f"the python version archive from https://www.cs.toronto.edu/~kriz/cifar.html "
-                f"into the root folder."
-            )
-
-    def _load(self, train: bool, transform: object) -> Dataset:
-        """The torchvision data set, with a clear error when the MD5 check fails."""
-        from torchvision import datasets
-
-        cls = datasets.CIFAR10 if self.dataset == "cifar10" else datasets.CIFAR100
-        try:
-            return cls(str(self.root), train=train, transform=transform, download=False)
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"{cls.__name__} files under {str(self.root / self._folder)!r} exist but failed "
-                f"torchvision's integrity (MD5) check; re-extract the original archive. ({error})"
-            ) from error
 
     def setup(self, stage: str | None = None) -> None:
         """Read the data and build the long-tailed training split (idempotent).
@@ -404,7 +348,6 @@ class CIFARLongTailDataModule(SplitDataModule):
             return
         from torchvision import transforms
 
-        self._check_files()
         normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
         train_transform = transforms.Compose(
             [
@@ -415,12 +358,12 @@ class CIFARLongTailDataModule(SplitDataModule):
             ]
         )
         test_transform = transforms.Compose([transforms.ToTensor(), normalize])
-        full_train = self._load(True, train_transform)
+        full_train = load_cifar(self.root, self.dataset, True, train_transform)
         targets = np.asarray(full_train.targets, dtype=np.int64)  # type: ignore[attr-defined]
         indices = long_tail_indices(targets, self._class_counts)
         self.train_dataset = Subset(full_train, indices.tolist())
         self.train_targets = targets[indices]
-        self.test_dataset = self._load(False, test_transform)
+        self.test_dataset = load_cifar(self.root, self.dataset, False, test_transform)
         self.val_dataset = self.test_dataset
 
     def train_sampler(self, dataset: Dataset) -> Sampler[int]:
@@ -494,8 +437,8 @@ class DigitsLongTailDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         _check_loader_args(batch_size, num_workers, seed)
-        _check_int("val_per_class", val_per_class, 1)
-        _check_int("max_per_class", max_per_class, 1)
+        check_int("val_per_class", val_per_class, 1)
+        check_int("max_per_class", max_per_class, 1)
         if max_per_class + val_per_class > self._SMALLEST_CLASS:
             raise ValueError(
                 f"max_per_class + val_per_class = {max_per_class + val_per_class} exceeds the "

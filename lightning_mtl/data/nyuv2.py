@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_mtl.data._local import check_int
 from lightning_mtl.data.base import SplitDataModule
 
 __all__ = [
@@ -52,11 +53,6 @@ EXPECTED_LAYOUT = (
 )
 
 NYUv2Sample = tuple[Tensor, Tensor, Tensor, Tensor]
-
-
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
 
 
 def channels_first(array: np.ndarray, channels: int) -> np.ndarray:
@@ -221,9 +217,9 @@ class NYUv2DataModule(SplitDataModule):
         augment: bool = False,
     ) -> None:
         super().__init__()
-        _check_int("batch_size", batch_size, 1)
-        _check_int("num_workers", num_workers, 0)
-        _check_int("seed", seed, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
+        check_int("seed", seed, 0)
         self.save_hyperparameters()
         self.root = Path(root)
         self.batch_size = batch_size
