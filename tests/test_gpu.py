@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import copy
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import DATA, TinyModule, TwoHeadNet, UnitRowMean, grads_of, unit_row_mean
+from helpers import DATA, TinyModule, TwoHeadNet, UnitRowMean, grads_of, make_trainer, unit_row_mean
 from lightning.pytorch.plugins import MixedPrecision
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -25,16 +24,7 @@ pytestmark = [
 
 
 def _fit(module: TinyModule, steps: int = 1, **kwargs) -> None:  # type: ignore[no-untyped-def]
-    trainer = pl.Trainer(
-        accelerator="gpu",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    trainer = make_trainer(accelerator="gpu", max_steps=steps, **kwargs)
     trainer.fit(module, DataLoader(DATA, batch_size=32))
 
 

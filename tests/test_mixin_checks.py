@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import make_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -91,21 +92,9 @@ def batch_at(index: int) -> Tensor:
     return DATA[index * BATCH : (index + 1) * BATCH]
 
 
-def trainer(**kwargs: Any) -> pl.Trainer:
-    kwargs.setdefault("max_steps", 1)
-    return pl.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        **kwargs,
-    )
-
-
 def fit(model: pl.LightningModule, **kwargs: Any) -> pl.Trainer:
-    run = trainer(**kwargs)
+    # Lightning's default log cadence (50), which the non-finite check follows by default.
+    run = make_trainer(**{"max_steps": 1, "log_every_n_steps": 50, **kwargs})
     run.fit(model, loader())
     return run
 

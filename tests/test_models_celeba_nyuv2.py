@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_trainer
 from lightning.pytorch import LightningDataModule, LightningModule
 from test_data_celeba_nyuv2 import write_fake_celeba, write_fake_nyuv2
 from torch import Tensor, nn
@@ -38,26 +37,7 @@ from lightning_mtl.strategies import RGB
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Tiny convolutions: a second intra-op thread only adds OpenMP spin-waiting on 2 cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _trainer(**kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-    )
-    return pl.Trainer(**{**options, **kwargs})
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _snapshot(module: nn.Module) -> list[Tensor]:
@@ -118,7 +98,7 @@ def test_celeba_rgb_fit_learns_and_changes_the_trunk() -> None:
 
     before_loss, before_trunk = fixed_loss(), _snapshot(model.trunk)
     loader = DataLoader(TensorDataset(images, targets), batch_size=16)
-    trainer = _trainer(max_steps=10, limit_val_batches=0)
+    trainer = make_trainer(max_steps=10, limit_val_batches=0)
     trainer.fit(model, loader)
     assert trainer.global_step == 10
     assert _changed(model.trunk, before_trunk)
@@ -133,7 +113,7 @@ def test_celeba_validation_logs_accuracy_f1_and_delta_m() -> None:
     images, targets = brightness_attributes(24, seed=1)
     baselines = dict.fromkeys(CELEBA_ATTRIBUTES, 0.8)
     model = CelebAMultiTask(trunk="small", width=4, baselines=baselines)
-    trainer = _trainer()
+    trainer = make_trainer()
     trainer.validate(
         model, DataLoader(TensorDataset(images, targets), batch_size=10), verbose=False
     )
@@ -218,7 +198,7 @@ def test_nyuv2_rgb_fit_learns_and_changes_the_encoder() -> None:
             return {k: float(v) for k, v in _losses(model.compute_objectives(fixed, 0)).items()}
 
     before_losses, before_encoder = fixed_losses(), _snapshot(model.encoder)
-    trainer = _trainer(max_steps=10, limit_val_batches=0)
+    trainer = make_trainer(max_steps=10, limit_val_batches=0)
     trainer.fit(model, DataLoader(TensorDataset(*data), batch_size=8))
     assert trainer.global_step == 10
     assert _changed(model.encoder, before_encoder)
@@ -306,7 +286,7 @@ def test_normal_median_is_within_a_bin_of_the_exact_one() -> None:
 def test_nyuv2_validation_logs_every_metric_and_delta_m() -> None:
     baselines = dict.fromkeys(NYUV2_METRICS, 0.5)
     model = NYUv2MultiTask(backbone="small", width=4, baselines=baselines)
-    trainer = _trainer()
+    trainer = make_trainer()
     loader = DataLoader(TensorDataset(*dense_batch(6)), batch_size=4)
     trainer.validate(model, loader, verbose=False)
     logged = {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import UnitRowMean
+from helpers import make_trainer as make_quiet_trainer
 from lightning.pytorch import LightningDataModule, LightningModule
 from sklearn.datasets import load_digits
 
@@ -29,15 +30,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "multidigits_mtl.yaml
 QUICK_FIT_MIN_ACC = 0.80
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # The convolutions here are tiny (8×24 images), so a second intra-op thread gains little,
-    # while on a loaded 2-core machine OpenMP's spin-waiting made this file 3× slower (64 s with
-    # two threads, 19 s with one, measured side by side).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _small(**kwargs: Any) -> MultiDigitsDataModule:
@@ -46,18 +39,7 @@ def _small(**kwargs: Any) -> MultiDigitsDataModule:
     return dm
 
 
-def make_trainer(**kwargs: Any) -> pl.Trainer:
-    options: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        log_every_n_steps=1,
-    )
-    return pl.Trainer(**{**options, **kwargs})
+make_trainer = partial(make_quiet_trainer, deterministic=True)
 
 
 # --- MultiDigitsDataModule --------------------------------------------------------------------

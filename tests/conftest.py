@@ -1,0 +1,19 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: for files of tiny convolutions, where on a loaded 2-core machine
+    OpenMP's spin-waiting made them up to 3× slower (64 s with two threads, 19 s with one,
+    measured side by side on tests/test_multidigits.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
