@@ -252,10 +252,13 @@ class MultiObjectiveMixin:
         needs_scope = strategy.requirement.value != "losses" or any(
             callback.objective_gradient_parameters(module) is None for callback in observers
         )
-        scope = self._scope(names, objective_list, representation) if needs_scope else Scope()
         if perturbation is not None:
             # Outside the scope, the unperturbed loss's gradient trains (written below).
             scope = Scope(parameters=perturbation.scope)
+        elif needs_scope:
+            scope = self._scope(names, objective_list, representation)
+        else:
+            scope = Scope()
         self.objective_gradients = self.gradient_engine.step(
             names,
             objectives,
