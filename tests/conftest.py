@@ -28,3 +28,11 @@ def skip_cifar_md5(monkeypatch: pytest.MonkeyPatch) -> None:
     from torchvision.datasets import cifar
 
     monkeypatch.setattr(cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+@pytest.fixture
+def accelerator_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fixed iteration counts (no early stop) and the Jacobi eigensolver, as on a GPU."""
+    from helpers import force_accelerator_paths
+
+    force_accelerator_paths(monkeypatch)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -128,3 +131,67 @@ def one_full_batch_step(module: TinyModule, **trainer_kwargs) -> tuple[TwoHeadNe
     initial = copy.deepcopy(module.net)
     make_trainer(max_steps=1, **trainer_kwargs).fit(module, DataLoader(DATA, batch_size=32))
     return initial, flat_params(initial) - flat_params(module.net)
+
+
+def force_accelerator_paths(patch: pytest.MonkeyPatch) -> None:
+    """Make the strategies take their GPU code paths on the CPU: fixed iteration counts (no
+    early stop read on the host) and the Jacobi eigensolver instead of LAPACK's."""
+    from lightning_mtl.strategies import (
+        _bargaining,
+        _gramian_tools,
+        aligned_mtl,
+        epo,
+        imtl_g,
+        solvers,
+    )
+    from lightning_mtl.strategies._gramian_tools import jacobi_eigh
+
+    for module in (solvers, _bargaining, epo):
+        patch.setattr(module, "settled_on_host", lambda done: False)
+    for module in (_gramian_tools, imtl_g, aligned_mtl):
+        patch.setattr(module, "symmetric_eigh", jacobi_eigh)
+
+
+def strategy_catalogue() -> dict[str, Callable[[], GradientBalancingStrategy]]:
+    """Every strategy of the catalogue with its defaults (PLOT with a class profile)."""
+    import lightning_mtl.strategies as catalogue
+
+    factories: dict[str, Callable[[], GradientBalancingStrategy]] = {
+        name: getattr(catalogue, name)
+        for name in catalogue.__all__
+        if isinstance(getattr(catalogue, name), type)
+        and issubclass(getattr(catalogue, name), GradientBalancingStrategy)
+        and getattr(catalogue, name) is not GradientBalancingStrategy
+    }
+    factories["PLOT"] = lambda: catalogue.PLOT(class_counts=[10, 1])
+    return factories
+
+
+def engine_steps(
+    strategy: GradientBalancingStrategy,
+    device: str,
+    watch_last: Callable[[], AbstractContextManager[object]] = nullcontext,
+    steps: int = 3,
+) -> None:
+    """``steps`` engine steps of ``strategy`` on TwoHeadNet; the last one runs inside
+    ``watch_last()`` (e.g. a host-synchronisation check: the earlier steps may build state)."""
+    from lightning_mtl.engine import Backend, GradientEngine, Scope
+    from lightning_mtl.strategies import PLOT, TrainingProgress
+
+    net = TwoHeadNet().to(device)
+    x, y = (t.to(device) for t in DATA.tensors)
+    names = ("class_0", "class_1") if isinstance(strategy, PLOT) else ("cls", "rep")
+    scope = Scope(
+        parameters=list(net.trunk.parameters()),
+        others=[*net.cls_head.parameters(), *net.rep_head.parameters()],
+    )
+    backend = Backend(loss_scale=torch.full((), 1024.0, device=device))
+    engine = GradientEngine()
+    strategy.setup(names)
+    for step in range(steps):
+        net.zero_grad(set_to_none=True)
+        objectives = torch.stack(list(net.losses(x, y).values()))
+        progress = TrainingProgress(step=step, total_steps=10, total_epochs=1)
+        with watch_last() if step == steps - 1 else nullcontext():
+            engine.step(names, objectives, strategy, scope, progress, backend)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())

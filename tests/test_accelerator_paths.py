@@ -2,20 +2,20 @@
 
 On the CPU the solvers stop once every problem has converged and the eigendecomposition is
 LAPACK's; on a GPU they run a fixed amount of work with no host read (fixed iteration counts,
-the Jacobi eigensolver). The ``accelerator_paths`` fixture forces the GPU behaviour here, so
-that every strategy's accelerator path is checked against its CPU path on the same problems.
+the Jacobi eigensolver). ``helpers.force_accelerator_paths`` (the ``accelerator_paths`` fixture)
+forces the GPU behaviour here, so that every strategy's accelerator path is checked against its
+CPU path on the same problems.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
+from helpers import force_accelerator_paths
 from strategy_properties import jacobian
 
 import lightning_mtl.strategies as catalogue
-from lightning_mtl.strategies import _bargaining, _gramian_tools, aligned_mtl, epo, imtl_g, solvers
+from lightning_mtl.strategies import solvers
 from lightning_mtl.strategies._gramian_tools import jacobi_eigh
 
 GRAMIAN_AND_JACOBIAN_STRATEGIES = (
@@ -33,16 +33,6 @@ GRAMIAN_AND_JACOBIAN_STRATEGIES = (
 )
 
 
-@pytest.fixture
-def accelerator_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fixed iteration counts (no early stop) and the Jacobi eigensolver, as on a GPU."""
-    for module in (solvers, _bargaining, epo):
-        monkeypatch.setattr(module, "settled_on_host", lambda done: False)
-    for module in (_gramian_tools, imtl_g, aligned_mtl):
-        monkeypatch.setattr(module, "symmetric_eigh", jacobi_eigh)
-    yield
-
-
 def _aggregates(name: str, kind: str, rows: int) -> torch.Tensor:
     torch.manual_seed(0)
     matrix = jacobian(rows, kind=kind, seed=rows)
@@ -58,10 +48,7 @@ def _aggregates(name: str, kind: str, rows: int) -> torch.Tensor:
 def test_accelerator_path_gives_the_cpu_paths_update(name: str, kind: str, rows: int) -> None:
     cpu_path = _aggregates(name, kind, rows)
     with pytest.MonkeyPatch.context() as patch:
-        for module in (solvers, _bargaining, epo):
-            patch.setattr(module, "settled_on_host", lambda done: False)
-        for module in (_gramian_tools, imtl_g, aligned_mtl):
-            patch.setattr(module, "symmetric_eigh", jacobi_eigh)
+        force_accelerator_paths(patch)
         accelerator_path = _aggregates(name, kind, rows)
     scale = cpu_path.norm().clamp_min(1e-12)
     assert float((accelerator_path - cpu_path).norm() / scale) < 1e-4

@@ -6,17 +6,28 @@ Skipped without CUDA; run on a GPU machine with ``pytest tests/test_gpu.py``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
-from helpers import DATA, TinyModule, TwoHeadNet, UnitRowMean, grads_of, make_trainer, unit_row_mean
+from helpers import (
+    DATA,
+    TinyModule,
+    TwoHeadNet,
+    UnitRowMean,
+    engine_steps,
+    grads_of,
+    make_trainer,
+    strategy_catalogue,
+    unit_row_mean,
+)
 from lightning.pytorch.plugins import MixedPrecision
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_mtl.engine import Backend, GradientEngine, Scope
-from lightning_mtl.strategies import PGI, PLOT, GradientBalancingStrategy, TrainingProgress
+from lightning_mtl.strategies import PGI, PLOT, TrainingProgress
 
 pytestmark = [
     pytest.mark.gpu,
@@ -91,9 +102,7 @@ def test_engine_step_makes_no_host_synchronisation(make) -> None:
     backend = Backend(loss_scale=torch.full((), 1024.0, device="cuda"))
     engine, strategy = GradientEngine(), make()
     strategy.setup(tuple(losses))
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with cuda_sync_errors():
         engine.step(
             tuple(losses),
             torch.stack(list(losses.values())),
@@ -102,8 +111,6 @@ def test_engine_step_makes_no_host_synchronisation(make) -> None:
             TrainingProgress(),
             backend,
         )
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert all(p.grad is not None for p in net.parameters())
 
 
@@ -126,53 +133,20 @@ def test_gcd_module_trains_an_epoch_under_mixed_precision(precision: str, with_e
     assert float(metrics["val/old"]) > 0.6
 
 
-def _catalogue() -> dict[str, Callable[[], GradientBalancingStrategy]]:
-    """Every strategy of the catalogue with its defaults (PLOT with a class profile)."""
-    import lightning_mtl.strategies as catalogue
-
-    factories: dict[str, Callable[[], GradientBalancingStrategy]] = {
-        name: getattr(catalogue, name)
-        for name in catalogue.__all__
-        if isinstance(getattr(catalogue, name), type)
-        and issubclass(getattr(catalogue, name), GradientBalancingStrategy)
-        and getattr(catalogue, name) is not GradientBalancingStrategy
-    }
-    factories["PLOT"] = lambda: catalogue.PLOT(class_counts=[10, 1])
-    return factories
+@contextmanager
+def cuda_sync_errors() -> Iterator[None]:
+    """Turn every synchronising CUDA call inside the block into an error."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
-def engine_steps(strategy: GradientBalancingStrategy, device: str, steps: int = 3) -> None:
-    """``steps`` engine steps of ``strategy`` on TwoHeadNet; on CUDA the last one runs with
-    synchronising calls turned into errors (the earlier ones may warm lazily built state)."""
-    net = TwoHeadNet().to(device)
-    x, y = (t.to(device) for t in DATA.tensors)
-    names = ("class_0", "class_1") if isinstance(strategy, PLOT) else ("cls", "rep")
-    scope = Scope(
-        parameters=list(net.trunk.parameters()),
-        others=[*net.cls_head.parameters(), *net.rep_head.parameters()],
-    )
-    backend = Backend(loss_scale=torch.full((), 1024.0, device=device))
-    engine = GradientEngine()
-    strategy.setup(names)
-    for step in range(steps):
-        net.zero_grad(set_to_none=True)
-        objectives = torch.stack(list(net.losses(x, y).values()))
-        progress = TrainingProgress(step=step, total_steps=10, total_epochs=1)
-        checked = device == "cuda" and step == steps - 1
-        if checked:
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            engine.step(names, objectives, strategy, scope, progress, backend)
-        finally:
-            if checked:
-                torch.cuda.set_sync_debug_mode("default")
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
-
-
-@pytest.mark.parametrize("name", sorted(_catalogue()))
+@pytest.mark.parametrize("name", sorted(strategy_catalogue()))
 def test_every_catalogue_strategy_steps_without_host_synchronisation(name: str) -> None:
-    engine_steps(_catalogue()[name](), "cuda")
+    engine_steps(strategy_catalogue()[name](), "cuda", watch_last=cuda_sync_errors)
 
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])

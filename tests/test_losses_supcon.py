@@ -204,6 +204,8 @@ def test_module_matches_function() -> None:
         (torch.randn(4, 2, 8), None, {"temperature": 0.0}, "temperature` must be > 0"),
         (torch.randn(4, 2, 8), None, {"temperature": -1.0}, "temperature` must be > 0"),
         (torch.randn(4, 2, 8), None, {"base_temperature": 0.0}, "base_temperature` must be > 0"),
+        (torch.randn(4, 2, 8), None, {"mask": torch.ones(4)}, "mask` must be a bool"),
+        (torch.randn(4, 2, 8), None, {"mask": torch.ones(3, dtype=torch.bool)}, "mask` must be"),
     ],
 )
 def test_error_messages(
@@ -211,6 +213,35 @@ def test_error_messages(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         supervised_contrastive_loss(features, labels, **kwargs)
+
+
+@pytest.mark.parametrize("labelled", [True, False], ids=["supcon", "infonce"])
+def test_mask_gives_the_loss_of_the_selected_samples(labelled: bool) -> None:
+    torch.manual_seed(5)
+    features = torch.randn(10, 2, 6, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 2, 1, 1, 3, 0, 2, 2]) if labelled else None
+    mask = torch.tensor([1, 0, 1, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
+    masked = supervised_contrastive_loss(features, labels, temperature=0.2, mask=mask)
+    kept_labels = labels[mask] if labels is not None else None
+    expected = reference_supcon(features[mask], kept_labels, 0.2, 0.2)
+    assert masked.item() == pytest.approx(expected, rel=1e-5)
+    # The masked-out samples get no gradient; the others get the gradient of the indexed loss.
+    (grad,) = torch.autograd.grad(masked, features)
+    kept = features[mask].detach().requires_grad_(True)
+    (kept_grad,) = torch.autograd.grad(
+        supervised_contrastive_loss(kept, kept_labels, temperature=0.2), kept
+    )
+    torch.testing.assert_close(grad[mask], kept_grad)
+    assert torch.equal(grad[~mask], torch.zeros_like(grad[~mask]))
+
+
+def test_empty_mask_gives_zero_with_finite_gradients() -> None:
+    features = torch.randn(4, 2, 8, requires_grad=True)
+    mask = torch.zeros(4, dtype=torch.bool)
+    loss = supervised_contrastive_loss(features, torch.arange(4), mask=mask)
+    (grad,) = torch.autograd.grad(loss, features)
+    assert loss.item() == 0.0
+    assert torch.equal(grad, torch.zeros_like(grad))
 
 
 def test_module_rejects_bad_temperatures() -> None:

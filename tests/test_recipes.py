@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from fake_cifar import write_cifar10, write_cifar100
+from host_sync import watch_steps
 from lightning.pytorch import LightningDataModule, LightningModule
 
 from lightning_mtl.callbacks import ClassifierRetraining, TemporalMOO
@@ -161,7 +162,7 @@ def test_cifar_lt_recipes_carry_the_papers_setting(recipe: Path, fake_cifar: Pat
     "name", ["cifar10_lt_crt_mixup_plot", "cifar100_lt_ldam_drw_plot"], ids=str
 )
 def test_cifar_lt_recipes_train_a_few_steps(
-    name: str, fake_cifar: Path, single_thread: None
+    name: str, fake_cifar: Path, single_thread: None, accelerator_paths: None
 ) -> None:
     recipe = next(path for path in CIFAR_RECIPES if path.stem == name)
     dataset = name.partition("_lt_")[0]
@@ -181,8 +182,17 @@ def test_cifar_lt_recipes_train_a_few_steps(
     crt = _callback(cli, ClassifierRetraining)
     if crt is not None:
         crt.epoch = 2
+    steps = watch_steps(cli.model)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 6
+    # The step's one read of the device: the classes present in the batch (models/long_tail.py).
+    # Mixup's seed comes from a CPU generator (losses/long_tail.py): no wait for a GPU.
+    for found in steps[1:]:
+        calls = sorted((sync.call, sync.where.split(":")[0]) for sync in found)
+        assert calls in (
+            [("tolist", "models/long_tail.py")],
+            [("_local_scalar_dense", "losses/long_tail.py"), ("tolist", "models/long_tail.py")],
+        )
     assert temporal.switched_at_epoch == 1
     if crt is not None:
         assert crt.switched_at_epoch == 2 and cli.datamodule.class_balanced

@@ -437,11 +437,11 @@ class LDAMLoss(nn.Module):
         dtype = _compute_dtype(logits)
         with _autocast_disabled(logits.device):
             z = logits.to(dtype)
-            # Subtract Δ_y at the true class only: a one-hot scaled by the gathered margins,
-            # which avoids a scatter on the autograd graph and any data-dependent control flow.
-            one_hot = F.one_hot(targets, self.num_classes).to(dtype)
+            # Subtract Δ_y at the true class only. The margins are scattered into a constant
+            # (off the autograd graph); F.one_hot would check the label range on the host.
             margins = self.margins.to(device=z.device, dtype=dtype)
-            z = z - one_hot * margins[targets].unsqueeze(1)
+            shift = torch.zeros_like(z).scatter_(1, targets[:, None], margins[targets][:, None])
+            z = z - shift
             if weight is not None:
                 weight = weight.to(device=z.device, dtype=dtype)
             losses = F.cross_entropy(self.s * z, targets, weight=weight, reduction="none")

@@ -22,6 +22,7 @@ def _check_inputs(
     labels: Tensor | None,
     temperature: float,
     base_temperature: float,
+    mask: Tensor | None,
 ) -> None:
     """Validate shapes, dtypes and temperatures; raise ``ValueError`` with a clear message."""
     if features.dim() != 3:
@@ -46,6 +47,11 @@ def _check_inputs(
             )
         if labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"`labels` must be an integer tensor, got dtype {labels.dtype}.")
+    if mask is not None and (mask.shape != (batch_size,) or mask.dtype != torch.bool):
+        raise ValueError(
+            f"`mask` must be a bool tensor of shape [batch] = ({batch_size},), got dtype "
+            f"{mask.dtype} and shape {tuple(mask.shape)}."
+        )
     if not temperature > 0:
         raise ValueError(f"`temperature` must be > 0, got {temperature}.")
     if not base_temperature > 0:
@@ -64,6 +70,7 @@ def supervised_contrastive_loss(
     labels: Tensor | None = None,
     temperature: float = 0.07,
     base_temperature: float | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Supervised contrastive loss ("L_out" form) over all views of a batch.
 
@@ -88,19 +95,27 @@ def supervised_contrastive_loss(
     under bfloat16 / float16 autocast; the result has dtype float32 (float64 for float64 input).
     The computation is fully vectorised and does not synchronise with the host.
 
+    ``mask`` restricts the loss to some samples (e.g. the labeled rows of a GCD batch): the result
+    equals ``supervised_contrastive_loss(features[mask], labels[mask])``, but the masked-out
+    samples are excluded from every anchor, positive and denominator instead of being indexed
+    away, because boolean indexing sizes its output by the data and so waits for the device.
+
     Args:
         features: Tensor of shape ``[B, V, F]``: ``V`` views of ``B`` samples.
         labels: Optional integer tensor of shape ``[B]``. ``None`` gives SimCLR / InfoNCE.
         temperature: Softmax temperature ``t`` (> 0).
         base_temperature: Reference temperature for the ``t / base_temperature`` scale (> 0).
             ``None`` means ``temperature``.
+        mask: Optional bool tensor of shape ``[B]``: the samples that take part. ``None`` means
+            all of them.
 
     Returns:
         Scalar loss tensor.
 
     Raises:
         ValueError: If ``features`` is not 3-D floating point, ``labels`` does not have shape
-            ``[B]`` or is not integer, ``V < 2`` without labels, or a temperature is not positive.
+            ``[B]`` or is not integer, ``V < 2`` without labels, a temperature is not positive,
+            or ``mask`` is not a bool tensor of shape ``[B]``.
 
     Example::
 
@@ -115,10 +130,15 @@ def supervised_contrastive_loss(
         >>> same = torch.randn(4, 1, 16).expand(4, 2, 16)
         >>> bool(supervised_contrastive_loss(same) < supervised_contrastive_loss(feats))
         True
+        >>> # a mask gives the loss of the selected samples, without indexing them out
+        >>> keep = labels < 2
+        >>> masked = supervised_contrastive_loss(feats, labels, mask=keep)
+        >>> torch.allclose(masked, supervised_contrastive_loss(feats[keep], labels[keep]))
+        True
     """
     if base_temperature is None:
         base_temperature = temperature
-    _check_inputs(features, labels, temperature, base_temperature)
+    _check_inputs(features, labels, temperature, base_temperature, mask)
     batch_size, num_views, feature_dim = features.shape
     device = features.device
 
@@ -133,14 +153,21 @@ def supervised_contrastive_loss(
 
         num_anchors = num_views * batch_size
         self_mask = torch.eye(num_anchors, dtype=torch.bool, device=device)
-        # Self-similarity must not enter the denominator. A finite fill (not -inf) keeps both the
-        # value and the gradient NaN-free even for a degenerate single-anchor batch.
-        logits = logits.masked_fill(self_mask, torch.finfo(compute_dtype).min)
+        excluded = self_mask
+        if mask is not None:
+            member = mask.to(device).repeat(num_views)
+            excluded = self_mask | ~member[None, :]
+        # Self-similarity (and masked-out samples) must not enter the denominator. A finite fill
+        # (not -inf) keeps both the value and the gradient NaN-free even for a degenerate
+        # single-anchor batch or a row with every candidate masked out.
+        logits = logits.masked_fill(excluded, torch.finfo(compute_dtype).min)
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
 
         group = labels.to(device) if labels is not None else torch.arange(batch_size, device=device)
         group = group.repeat(num_views)
-        pos_mask = (group[:, None] == group[None, :]) & ~self_mask
+        pos_mask = (group[:, None] == group[None, :]) & ~excluded
+        if mask is not None:
+            pos_mask &= member[:, None]
 
         num_pos = pos_mask.sum(dim=1)
         # torch.where (not multiplication) so that masked-out entries cannot leak inf/NaN.

@@ -367,6 +367,7 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
 
     def compute_objectives(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         images, labels, is_labeled = batch
+        is_labeled = is_labeled.bool()
         hp = self.hparams
         size = len(labels)
         views = self.two_views(images)
@@ -390,9 +391,8 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         projected = F.normalize(self.projector(features), dim=-1)
         projected = projected.view(2, size, -1).transpose(0, 1)  # [B, 2, P]
         con = supervised_contrastive_loss(projected, temperature=hp.con_temperature)
-        # Boolean indexing: one host sync per step (the number of labeled rows).
         supcon = supervised_contrastive_loss(
-            projected[is_labeled], labels[is_labeled], temperature=hp.supcon_temperature
+            projected, labels, temperature=hp.supcon_temperature, mask=is_labeled
         )
         losses = {"ce": ce, "cluster": cluster, "con": con, "supcon": supcon}
         if hp.use_swav:

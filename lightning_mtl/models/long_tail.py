@@ -216,8 +216,13 @@ class LongTailClassifier(MultiObjectiveMixin, pl.LightningModule):
         if self.objective_pass == "perturb":
             return {"base": self._base_loss(images, labels)}
         num_classes = self.hparams.num_classes
-        # The step's one host synchronisation: which classes are present, and how often.
-        counts = torch.bincount(labels, minlength=num_classes).tolist()
+        # The step's one host synchronisation: which classes are present, and how often
+        # (counted with index_add_: bincount would first read the largest label on the host).
+        counts = (
+            torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+            .index_add_(0, labels, torch.ones_like(labels))
+            .tolist()
+        )
         present = [c for c, count in enumerate(counts) if count]
         plot = isinstance(self.active_balancing_strategy, PLOT)
         if self._mixing and not plot:

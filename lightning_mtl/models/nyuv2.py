@@ -162,9 +162,10 @@ class SegmentationScores(Metric):
                 f"[B, H, W]; got {tuple(preds.shape)} and {tuple(target.shape)}."
             )
         valid = target != IGNORE_INDEX
-        pairs = target[valid] * self.num_classes + preds[valid]
-        counts = torch.bincount(pairs, minlength=self.num_classes**2)
-        self.confusion += counts.view(self.num_classes, self.num_classes)
+        # Masks and index_add_, not boolean indexing or bincount: both would size their output
+        # from the data and so wait for the device on every batch.
+        pairs = (target * self.num_classes + preds).clamp(0, self.num_classes**2 - 1)
+        self.confusion.view(-1).index_add_(0, pairs.flatten(), valid.flatten().long())
 
     def compute(self) -> dict[str, Tensor]:
         """``{"miou": …, "pixel_acc": …}`` (NaN before any labelled pixel)."""
@@ -213,9 +214,9 @@ class DepthErrors(Metric):
                 f"{tuple(target.shape)}."
             )
         valid = _valid_depth(target)
-        error = (pred.detach().float() - target.float()).abs()[valid]
+        error = torch.where(valid, (pred.detach().float() - target.float()).abs(), 0.0)
         self.absolute += error.sum()
-        self.relative += (error / target.float()[valid].abs()).sum()
+        self.relative += (error / torch.where(valid, target.float().abs(), 1.0)).sum()
         self.count += valid.sum()
 
     def compute(self) -> dict[str, Tensor]:
@@ -279,15 +280,16 @@ class NormalAngleErrors(Metric):
                 f"pred and target must both have shape [B, 3, H, W]; got {tuple(pred.shape)} "
                 f"and {tuple(target.shape)}."
             )
-        valid = _valid_normal(target)
+        valid = _valid_normal(target).flatten()
         cosine = F.normalize(pred.detach().float(), dim=1) * F.normalize(target.float(), dim=1)
-        angles = torch.rad2deg(torch.acos(cosine.sum(dim=1).clamp(-1.0, 1.0)))[valid]
-        self.angle_sum += angles.sum()
-        self.count += angles.numel()
+        angles = torch.rad2deg(torch.acos(cosine.sum(dim=1).clamp(-1.0, 1.0))).flatten()
+        weight = valid.long()
+        self.angle_sum += torch.where(valid, angles, 0.0).sum()
+        self.count += weight.sum()
         thresholds = angles.new_tensor(ANGLE_THRESHOLDS)
-        self.within += (angles[:, None] < thresholds).sum(dim=0)
+        self.within += ((angles[:, None] < thresholds) & valid[:, None]).sum(dim=0)
         index = (angles / self.bin_width).long().clamp(0, self.bins - 1)
-        self.histogram += torch.bincount(index, minlength=self.bins)
+        self.histogram.index_add_(0, index, weight)
 
     def compute(self) -> dict[str, Tensor]:
         """Mean and median angle in degrees and the three fractions (NaN before any pixel)."""
