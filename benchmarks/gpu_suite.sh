@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_suite.sh representation  # the same strategies on the trunk's features (issue 3)
 #   bash benchmarks/gpu_suite.sh rgb         # RGB alpha_steps 5/30/50 vs PCGrad and plain (issue 6)
 #   bash benchmarks/gpu_suite.sh plot        # PLOT over its base method, ResNet-32 (issue 4)
+#   bash benchmarks/gpu_suite.sh solvers     # kernels and CUDA time of one solve per strategy (issue 3)
 # Wheels the device image lacks (torchjd, LibMTL, qpsolvers, quadprog) are installed from .whl/
 # when that folder is there (see benchmarks/README.md).
 set -euo pipefail
@@ -21,7 +22,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" || true
 
-stage="${1:?name a stage: tests, core, catalogue, representation, rgb or plot}"
+stage="${1:?name a stage: tests, core, catalogue, representation, rgb, plot or solvers}"
 case "$stage" in
   tests)
     python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
@@ -52,6 +53,12 @@ case "$stage" in
         python3 benchmarks/plot_overhead.py --classes "$classes" --precision "$precision"
       done
     done 2>&1 | tee "$OUT/plot.log"
+    ;;
+  solvers)
+    for kind in random ill_conditioned; do
+      python3 -m benchmarks.solver_cost --device cuda --tasks 2 10 40 64 --kind "$kind" \
+        --json "$OUT/solvers_$kind.json"
+    done 2>&1 | tee "$OUT/solvers.log"
     ;;
   *)
     echo "unknown stage $stage" >&2

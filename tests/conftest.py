@@ -31,8 +31,10 @@ def skip_cifar_md5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def accelerator_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fixed iteration counts (no early stop) and the Jacobi eigensolver, as on a GPU."""
-    from helpers import force_accelerator_paths
+def accelerator_paths() -> Iterator[None]:
+    """The strategies' GPU code paths on the CPU: fixed iteration counts, the Jacobi eigensolver
+    and CAGrad's wide level search."""
+    from lightning_mtl.strategies import accelerator_code_paths
 
-    force_accelerator_paths(monkeypatch)
+    with accelerator_code_paths():
+        yield

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 import lightning.pytorch as pl
-import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -131,25 +130,6 @@ def one_full_batch_step(module: TinyModule, **trainer_kwargs) -> tuple[TwoHeadNe
     initial = copy.deepcopy(module.net)
     make_trainer(max_steps=1, **trainer_kwargs).fit(module, DataLoader(DATA, batch_size=32))
     return initial, flat_params(initial) - flat_params(module.net)
-
-
-def force_accelerator_paths(patch: pytest.MonkeyPatch) -> None:
-    """Make the strategies take their GPU code paths on the CPU: fixed iteration counts (no
-    early stop read on the host) and the Jacobi eigensolver instead of LAPACK's."""
-    from lightning_mtl.strategies import (
-        _bargaining,
-        _gramian_tools,
-        aligned_mtl,
-        epo,
-        imtl_g,
-        solvers,
-    )
-    from lightning_mtl.strategies._gramian_tools import jacobi_eigh
-
-    for module in (solvers, _bargaining, epo):
-        patch.setattr(module, "settled_on_host", lambda done: False)
-    for module in (_gramian_tools, imtl_g, aligned_mtl):
-        patch.setattr(module, "symmetric_eigh", jacobi_eigh)
 
 
 def strategy_catalogue() -> dict[str, Callable[[], GradientBalancingStrategy]]:

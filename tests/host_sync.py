@@ -1,4 +1,5 @@
-"""Catch, on the CPU, the calls that would make a CUDA device wait for the host.
+"""Catch, on the CPU, the calls that would make a CUDA device wait for the host, and count the
+ops a call dispatches (on a GPU, each non-view op is a kernel launch).
 
 ``torch.cuda.set_sync_debug_mode("error")`` only works on a GPU. Most synchronising calls are
 recognisable by name, whatever the device: reading a value back (``item``, ``bool(tensor)``,
@@ -15,8 +16,9 @@ those reads never wait for the device.
 
 from __future__ import annotations
 
+import collections
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -170,3 +172,70 @@ def watch_steps(module: Any, hook: str = "training_step") -> list[list[HostSync]
 
     setattr(module, hook, watched)
     return steps
+
+
+# Ops that only re-describe a tensor: they cost host time but launch no kernel.
+VIEW_OPS = frozenset(
+    {
+        "alias",
+        "as_strided",
+        "detach",
+        "diagonal",
+        "expand",
+        "lift_fresh",
+        "permute",
+        "reshape",
+        "select",
+        "slice",
+        "split",
+        "squeeze",
+        "t",
+        "transpose",
+        "unbind",
+        "unsqueeze",
+        "view",
+        "_reshape_alias",
+        "_unsafe_view",
+    }
+)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ops dispatched inside the block: ``kernels`` by name, and ``views``.
+
+    Example::
+
+        >>> with OpCounter() as ops:
+        ...     x = torch.ones(3).unsqueeze(0) * 2
+        >>> dict(ops.kernels), ops.views, ops.total
+        ({'ones': 1, 'mul': 1}, 1, 3)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kernels: collections.Counter[str] = collections.Counter()
+        self.views = 0
+
+    @property
+    def total(self) -> int:
+        """Every dispatched op, kernels and views."""
+        return sum(self.kernels.values()) + self.views
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = func.overloadpacket.__name__
+        if name in VIEW_OPS:
+            self.views += 1
+        else:
+            self.kernels[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_iteration(solve: Callable[[int], object]) -> int:
+    """The ops that one more iteration adds to ``solve(iterations)``, set-up excluded: on an
+    accelerator the iteration counts are fixed, so this is a solver's cost there."""
+    counts = []
+    for iterations in (20, 21):
+        with OpCounter() as ops:
+            solve(iterations)
+        counts.append(ops.total)
+    return counts[1] - counts[0]

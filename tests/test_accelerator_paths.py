@@ -2,16 +2,16 @@
 
 On the CPU the solvers stop once every problem has converged and the eigendecomposition is
 LAPACK's; on a GPU they run a fixed amount of work with no host read (fixed iteration counts,
-the Jacobi eigensolver). ``helpers.force_accelerator_paths`` (the ``accelerator_paths`` fixture)
-forces the GPU behaviour here, so that every strategy's accelerator path is checked against its
-CPU path on the same problems.
+the Jacobi eigensolver). :func:`lightning_mtl.strategies.accelerator_code_paths` (the
+``accelerator_paths`` fixture) forces the GPU behaviour here, so that every strategy's
+accelerator path is checked against its CPU path on the same problems.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import force_accelerator_paths
+from host_sync import OpCounter, detect_host_syncs
 from strategy_properties import jacobian
 
 import lightning_mtl.strategies as catalogue
@@ -47,8 +47,7 @@ def _aggregates(name: str, kind: str, rows: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", GRAMIAN_AND_JACOBIAN_STRATEGIES)
 def test_accelerator_path_gives_the_cpu_paths_update(name: str, kind: str, rows: int) -> None:
     cpu_path = _aggregates(name, kind, rows)
-    with pytest.MonkeyPatch.context() as patch:
-        force_accelerator_paths(patch)
+    with catalogue.accelerator_code_paths():
         accelerator_path = _aggregates(name, kind, rows)
     scale = cpu_path.norm().clamp_min(1e-12)
     assert float((accelerator_path - cpu_path).norm() / scale) < 1e-4
@@ -88,3 +87,14 @@ def test_solvers_stop_early_on_the_cpu_with_the_full_runs_result(
         patch.setattr(solvers, "settled_on_host", lambda done: bool(done.all()))
         early = solvers.solve_simplex_qp(gramian)
     assert torch.equal(full, early)
+
+
+def test_jacobi_eigh_dispatches_a_few_ops_a_round_and_never_syncs() -> None:
+    gramian = (lambda m: m @ m.T)(jacobian(40, seed=5).double())
+    with detect_host_syncs() as found, OpCounter() as ops:
+        jacobi_eigh(gramian)
+    assert found == []
+    # 18 sweeps of 39 rounds; a round takes 13 ops, the slack of one more a round covers the
+    # ~50 ops of set-up and result, so that any op added to the rounds fails. Gathering and
+    # copying the pairs' rows and columns took 56 a round.
+    assert ops.total < 14 * 18 * 39

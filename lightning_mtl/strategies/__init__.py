@@ -5,7 +5,8 @@ Loss-based (one backward pass): :class:`LinearScalarization`, :class:`PGI`, :cla
 :class:`UPGrad`, :class:`IMTLG`, :class:`AlignedMTL`, :class:`NashMTL`, :class:`FairGrad`,
 :class:`EPO`, :class:`PLOT` (CAGrad over classes, with SAM). Jacobian-based:
 :class:`PCGrad`, :class:`GradVac`, :class:`GradDrop`, :class:`RGB`.
-Any torchjd aggregator or weighting: :func:`from_torchjd`.
+Any torchjd aggregator or weighting: :func:`from_torchjd`. :func:`accelerator_code_paths`
+runs the solvers' GPU code paths on the CPU (for tests and benchmarks).
 """
 
 from lightning_mtl.strategies.aligned_mtl import AlignedMTL
@@ -16,6 +17,7 @@ from lightning_mtl.strategies.base import (
     TrainingProgress,
 )
 from lightning_mtl.strategies.cagrad import CAGrad
+from lightning_mtl.strategies.code_paths import accelerator_code_paths
 from lightning_mtl.strategies.dwa import DWA
 from lightning_mtl.strategies.epo import EPO
 from lightning_mtl.strategies.fairgrad import FairGrad
@@ -59,5 +61,6 @@ __all__ = [
     "Requirement",
     "TrainingProgress",
     "UPGrad",
+    "accelerator_code_paths",
     "from_torchjd",
 ]

@@ -12,8 +12,8 @@ objective (then ``ψ`` grows quadratically; otherwise, by Gordan's theorem, some
 ``ψ`` by Newton's method in float64 on the device:
 
 * Newton's step solves ``(G + diag(p w^(−p−1))) Δ = −∇ψ``; we solve it in the variables
-  ``w ∘ u`` with a symmetric diagonal equilibration, so that gradients of very different norms
-  (``w_i`` of very different sizes) do not make the system ill-conditioned.
+  ``w ∘ u`` with a diagonal equilibration, so that gradients of very different norms (``w_i``
+  of very different sizes) do not make the system ill-conditioned.
 * The step is the best, by ``ψ``, of the Newton steps of lengths ``τ = 1/(1 + λ)`` (``λ`` the
   Newton decrement) and ``τ = 1, ½, ¼, …`` that keep ``w > 0``, and of their multiplicative
   counterparts ``w ∘ exp(−τ u)`` (``w ∘ (1 − τ u)`` being the Newton step), which shrink a
@@ -87,18 +87,27 @@ def solve_bargaining(
     if iterations < 0:
         raise ValueError(f"iterations must be non-negative; got {iterations}.")
     g, bargaining = _without_zero_gradients(gramian.double())
-    weights = _starting_point(g, power, start)
-    done = _residual(g, weights, power).abs().amax() <= _FROZEN
+    equation = _Bargaining(g, power)
+    weights = equation.starting_point(start)
+    residual = equation.residual(weights)
+    worst = torch.linalg.vector_norm(residual, torch.inf)
+    done = worst <= _FROZEN
+    # On an accelerator every kernel of this loop runs `iterations` times whatever the data, so
+    # the body is kept to few kernels; the Newton step reuses the residual of the done check.
     for _ in range(iterations):
-        stepped = _newton_step(g, weights, power)
-        keep = done | ~(torch.isfinite(stepped) & (stepped > 0)).all()
+        stepped = equation.newton_step(weights, residual)
+        # The step is taken when it is positive and finite, that is when max_i |log w_i| < ∞
+        # (NaN compares false); booleans order False < True, so `>=` reads "done or not taken".
+        # (torch.isfinite costs four kernels.)
+        keep = done >= (torch.linalg.vector_norm(stepped.log(), torch.inf) < torch.inf)
         weights = torch.where(keep, weights, stepped)
-        done = done | (_residual(g, weights, power).abs().amax() <= _FROZEN)
+        residual = equation.residual(weights)
+        worst = torch.linalg.vector_norm(residual, torch.inf)
+        done = done | (worst <= _FROZEN)
         if settled_on_host(done):
             break
-    residual = _residual(g, weights, power).abs().amax()
-    solved = (residual <= tol) & (weights > 0).all() & torch.isfinite(gramian).all()
-    return torch.where(bargaining, weights, torch.zeros_like(weights)), solved
+    solved = (worst <= tol) & (weights > 0).all() & torch.isfinite(gramian).all()
+    return weights.masked_fill(~bargaining, 0.0), solved
 
 
 def _without_zero_gradients(g: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,66 +116,95 @@ def _without_zero_gradients(g: Tensor) -> tuple[Tensor, Tensor]:
     bargaining = ~(g.diagonal() == 0)
     pair = bargaining[:, None] & bargaining[None, :]
     identity = torch.diag_embed((~bargaining).to(g.dtype))
-    return torch.where(pair, g, torch.zeros_like(g)) + identity, bargaining
+    return torch.where(pair, g, identity), bargaining
 
 
-def _potential(g: Tensor, weights: Tensor, power: float) -> Tensor:
-    """``ψ`` along the last dimension; ``+inf`` where some weight is not positive."""
-    quadratic = 0.5 * ((weights @ g) * weights).sum(-1)
-    positive = weights > 0
-    safe = torch.where(positive, weights, torch.ones_like(weights))
-    utility = torch.log(safe) if power == 1.0 else safe.pow(1.0 - power) / (1.0 - power)
-    value = quadratic - utility.sum(-1)
-    return torch.where(positive.all(-1), value, torch.full_like(value, torch.inf))
+class _Bargaining:
+    """The potential ``ψ`` of a Gramian and a power, and Newton's method on it, with the
+    constants of every iteration built once."""
 
+    def __init__(self, g: Tensor, power: float) -> None:
+        self.gramian, self.power = g, power
+        # ψ(w) = −(1/κ) Σ_i (u_i − ½κ w_i (G w)_i): u = log w and κ = 1 for p = 1, else
+        # u = w^κ and κ = 1 − p, so that ψ takes one fused product and one reduction.
+        self.exponent = 1.0 if power == 1.0 else 1.0 - power
+        self.reduction = torch.full_like(g[0], -1.0 / self.exponent)
+        self.infinity = g.new_full((), torch.inf)
+        self.minus_one = g.new_full((), -1.0)
+        self.identity = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+        self.full_index = torch.ones((), dtype=torch.long, device=g.device)
+        # −1/τ for the step lengths τ = 1/(1 + λ), 1, 1/2, ..., 2^-29, but for the λ that the
+        # indicator `first` brings in.
+        halvings = torch.arange(_HALVINGS, dtype=g.dtype, device=g.device)
+        self.negated_inverse_lengths = torch.cat([-torch.ones_like(g[0, :1]), -(2.0**halvings)])
+        self.first = torch.cat([torch.ones_like(g[0, :1]), torch.zeros_like(halvings)])
 
-def _residual(g: Tensor, weights: Tensor, power: float) -> Tensor:
-    return weights.pow(power) * (g @ weights) - 1.0
+    def residual(self, weights: Tensor) -> Tensor:
+        """``w^p ∘ (G w) − 1``."""
+        scaled = weights if self.power == 1.0 else weights.pow(self.power)
+        return torch.addcmul(self.minus_one, scaled, self.gramian @ weights)
 
+    def potential(self, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """``ψ`` along the last dimension, ``+inf`` where some weight is not positive, and
+        whether every weight is positive."""
+        positive = (weights > 0).all(-1)
+        utility = torch.log(weights) if self.power == 1.0 else weights.pow(self.exponent)
+        terms = torch.addcmul(utility, weights @ self.gramian, weights, value=-0.5 * self.exponent)
+        return torch.where(positive, terms @ self.reduction, self.infinity), positive
 
-def _scaled_to_best_multiple(g: Tensor, weights: Tensor, power: float) -> Tensor:
-    """``t w`` with ``t`` minimising ``ψ(t w)``: ``t^(1+p) = Σ w_i^(1−p) / wᵀ G w``."""
-    curvature = (weights @ g @ weights).clamp_min(torch.finfo(g.dtype).tiny)
-    gain = weights.pow(1.0 - power).sum()
-    return weights * (gain / curvature).pow(1.0 / (1.0 + power))
+    def scaled_to_best_multiple(self, weights: Tensor) -> Tensor:
+        """``t w`` with ``t`` minimising ``ψ(t w)``: ``t^(1+p) = Σ w_i^(1−p) / wᵀ G w``."""
+        curvature = (weights @ self.gramian @ weights).clamp_min(torch.finfo(weights.dtype).tiny)
+        gain = weights.pow(1.0 - self.power).sum()
+        return weights * (gain / curvature).pow(1.0 / (1.0 + self.power))
 
+    def starting_point(self, start: Tensor | None) -> Tensor:
+        g = self.gramian
+        orthogonal = (
+            g.diagonal().clamp_min(torch.finfo(g.dtype).tiny).pow(-1.0 / (1.0 + self.power))
+        )
+        candidate = self.scaled_to_best_multiple(orthogonal)
+        if start is None or start.shape != orthogonal.shape:
+            return candidate
+        warm = start.to(device=g.device, dtype=g.dtype)
+        warm = torch.where((warm > 0) & torch.isfinite(warm), warm, orthogonal)
+        warm = self.scaled_to_best_multiple(warm)
+        better = self.potential(warm)[0] < self.potential(candidate)[0]
+        return torch.where(better, warm, candidate)
 
-def _starting_point(g: Tensor, power: float, start: Tensor | None) -> Tensor:
-    orthogonal = g.diagonal().clamp_min(torch.finfo(g.dtype).tiny).pow(-1.0 / (1.0 + power))
-    candidate = _scaled_to_best_multiple(g, orthogonal, power)
-    if start is None or start.shape != orthogonal.shape:
-        return candidate
-    warm = start.to(device=g.device, dtype=g.dtype)
-    warm = torch.where((warm > 0) & torch.isfinite(warm), warm, orthogonal)
-    warm = _scaled_to_best_multiple(g, warm, power)
-    better = _potential(g, warm, power) < _potential(g, candidate, power)
-    return torch.where(better, warm, candidate)
-
-
-def _newton_step(g: Tensor, weights: Tensor, power: float) -> Tensor:
-    """One Newton step on ``ψ`` with the step length chosen as in the module docstring."""
-    gradient_scaled = weights * (g @ weights) - weights.pow(1.0 - power)
-    hessian_scaled = weights[:, None] * g * weights[None, :] + torch.diag_embed(
-        power * weights.pow(1.0 - power)
-    )
-    equilibrate = hessian_scaled.diagonal().rsqrt()
-    system = equilibrate[:, None] * hessian_scaled * equilibrate[None, :]
-    solution, _ = torch.linalg.solve_ex(system, (equilibrate * gradient_scaled).unsqueeze(-1))
-    relative = equilibrate * solution.squeeze(-1)  # the Newton step is −w ∘ relative
-    decrement = (gradient_scaled * relative).sum().clamp_min(0).sqrt()
-    lengths = torch.cat(
-        [
-            (1.0 / (1.0 + decrement)).reshape(1),
-            torch.pow(0.5, torch.arange(_HALVINGS, dtype=g.dtype, device=g.device)),
-        ]
-    )
-    linear = weights * (1.0 - lengths[:, None] * relative)
-    candidates = torch.cat([linear, weights * torch.exp(-lengths[:, None] * relative)])
-    # index_select, not indexing with a tensor, which would read the index on the host.
-    best = candidates.index_select(0, torch.argmin(_potential(g, candidates, power)).reshape(1))[0]
-    full = linear[1]
-    take_full = (decrement <= _FULL_STEP_DECREMENT) & (full > 0).all()
-    return torch.where(take_full, full, best)
+    def newton_step(self, weights: Tensor, residual: Tensor) -> Tensor:
+        """One Newton step on ``ψ`` from ``weights``, whose :meth:`residual` is ``residual``,
+        with the step length chosen as in the module docstring."""
+        # In the variables w ∘ u: gradient w ∘ (G w) − w^(1−p) and Hessian
+        # diag(w) G diag(w) + diag(p w^(1−p)).
+        if self.power == 1.0:
+            gradient = residual
+            hessian = torch.addcmul(self.identity, torch.outer(weights, weights), self.gramian)
+        else:
+            slope = weights.pow(1.0 - self.power)
+            gradient = slope * residual
+            hessian = torch.outer(weights, weights) * self.gramian
+            hessian.diagonal().add_(slope, alpha=self.power)
+        # Equilibrated as D H D Δ' = D ∇, Δ = D Δ', with D = diag(H)^(−1/2); scaling the
+        # columns does not change Gaussian elimination with partial pivoting (its pivots and
+        # multipliers), so scaling the rows alone gives the same step, with fewer kernels.
+        equilibrate = hessian.diagonal().rsqrt()
+        solution, _ = torch.linalg.solve_ex(
+            equilibrate[:, None] * hessian, (equilibrate * gradient)[:, None]
+        )
+        relative = solution[:, 0]  # the Newton step is −w ∘ relative
+        decrement = torch.dot(gradient, relative).clamp_min(0).sqrt()
+        negated_lengths = torch.addcmul(
+            self.negated_inverse_lengths, self.first, decrement, value=-1.0
+        ).reciprocal()
+        exponents = torch.outer(negated_lengths, relative)
+        linear = torch.addcmul(weights, weights, exponents)
+        candidates = torch.cat([linear, torch.exp(exponents) * weights])
+        value, positive = self.potential(candidates)
+        take_full = (decrement <= _FULL_STEP_DECREMENT) & positive[1]
+        # index_select, not indexing with a tensor, which would read the index on the host.
+        best = torch.where(take_full, self.full_index, torch.argmin(value))
+        return candidates.index_select(0, best.reshape(1))[0]
 
 
 def clipped_update_weights(weights: Tensor, gramian: Tensor, max_norm: float | None) -> Tensor:

@@ -17,12 +17,16 @@ from lightning_mtl.strategies._gramian_tools import (
     solvable,
 )
 from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.code_paths import host_shortcuts
 from lightning_mtl.strategies.solvers import solve_nonnegative_qp, solve_simplex_qp
 
-# The search for the best worst-case level z tries this many levels per round, for this many
-# rounds (a bracket 16⁴ = 65536 times narrower), then interpolates exactly inside the bracket.
-_SEARCH_POINTS = 16
-_SEARCH_ROUNDS = 4
+# The search for the best worst-case level z narrows its bracket 65536 times, then interpolates
+# exactly inside it. On the CPU it tries 16 levels per round for 4 rounds (16⁴): each level is a
+# QP, and the solver stops once all have converged. On an accelerator each round costs the
+# solver's full, fixed iteration count in small kernels whatever the batch, so 2 rounds of 256
+# levels (256²) take half the launches of the CPU plan (and 3 QP runs in all with the hull's).
+_CPU_SEARCH = (4, 16)
+_ACCELERATOR_SEARCH = (2, 256)
 # When the min-norm point of the hull is this small (squared, relative to max ‖g_t‖²), the hull is
 # taken to hold 0: no level above 0 is reachable at a resolution the solver can certify.
 _STATIONARY = 1e-10
@@ -158,14 +162,15 @@ def _bracket(
     """Multipliers at the ends of the final bracket of levels, and whether the upper end was
     ever solved (else the optimum is at the top of the search range)."""
     size = toward.shape[-1]
+    rounds, points = search_plan(toward)
     low = torch.zeros_like(toward)
     high = torch.zeros_like(toward)
     high_tried = torch.zeros((), dtype=torch.bool, device=toward.device)
-    steps = torch.arange(1, _SEARCH_POINTS + 1, dtype=toward.dtype, device=toward.device)
-    fractions = steps / _SEARCH_POINTS
-    stacked = gramian.expand(_SEARCH_POINTS, size, size)
-    tried = torch.ones(_SEARCH_POINTS, dtype=torch.bool, device=toward.device)
-    for _ in range(_SEARCH_ROUNDS):
+    steps = torch.arange(1, points + 1, dtype=toward.dtype, device=toward.device)
+    fractions = steps / points
+    stacked = gramian.expand(points, size, size)
+    tried = torch.ones(points, dtype=torch.bool, device=toward.device)
+    for _ in range(rounds):
         levels = lower + (upper - lower) * fractions
         multipliers = solve_nonnegative_qp(stacked, toward - levels[:, None])
         within = (multipliers @ gramian * multipliers).sum(-1) <= radius**2
@@ -177,6 +182,18 @@ def _bracket(
         high = _pick(torch.cat([multipliers, high[None]]), crossing)
         high_tried = _pick(torch.cat([tried, high_tried[None]]), crossing)
     return low, high, high_tried
+
+
+def search_plan(toward: Tensor) -> tuple[int, int]:
+    """``(rounds, levels per round)`` of the level search for a problem held like ``toward``
+    (see ``_CPU_SEARCH``).
+
+    Example::
+
+        >>> search_plan(torch.zeros(3))
+        (4, 16)
+    """
+    return _CPU_SEARCH if host_shortcuts(toward) else _ACCELERATOR_SEARCH
 
 
 def _pick(stacked: Tensor, index: Tensor) -> Tensor:

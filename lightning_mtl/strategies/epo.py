@@ -215,93 +215,137 @@ def _maximise_on_simplex(
     ``rows β − s = bounds``; an inactive row becomes ``0 β − s_k = −1`` so that shapes stay
     fixed. Returns ``β`` and whether the final iterate is feasible and optimal to ``tol``.
     """
-    count, constraints = program.objective.shape[0], program.rows.shape[0]
-    dtype, device = program.objective.dtype, program.objective.device
-    tiny = torch.finfo(dtype).tiny
+    count = program.objective.shape[0]
+    tiny = torch.finfo(program.objective.dtype).tiny
     # Every bound is ≤ 0, so a row of (rounding noise about) zeros always holds: that of a zero
     # gradient, or the C a row of descent mode with the losses on the ray. Equilibrating it
     # would turn the noise into a constraint.
     row_scale = program.rows.abs().amax(-1)
     active = program.active & (row_scale > _NEGLIGIBLE * row_scale.amax())
     row_scale = row_scale.clamp_min(tiny)
-    rows = torch.where(active[:, None], program.rows / row_scale[:, None], 0.0)
-    bounds = torch.where(active, program.bounds / row_scale, -1.0)
+    rows = (program.rows / row_scale[:, None]).masked_fill(~active[:, None], 0.0)
+    bounds = (program.bounds / row_scale).masked_fill(~active, -1.0)
     objective = program.objective / program.objective.abs().amax().clamp_min(tiny)
+    form = _StandardForm(rows, bounds, objective, tol)
 
-    matrix = torch.zeros(constraints + 1, count + constraints, dtype=dtype, device=device)
-    matrix[0, :count] = 1.0
-    matrix[1:, :count] = rows
-    matrix[1:, count:] = -torch.eye(constraints, dtype=dtype, device=device)
-    target = torch.cat([torch.ones_like(bounds[:1]), bounds])
-    cost = torch.cat([-objective, torch.zeros_like(bounds)])
-
-    point = torch.cat([torch.full_like(objective, 1.0 / count), torch.ones_like(bounds)])
-    multipliers = torch.zeros_like(target)
-    reduced = torch.ones_like(point)
-    state = (point, multipliers, reduced)
-    # Iterates stop at tol: closer to the boundary the normal equations lose accuracy.
-    done = _converged(matrix, target, cost, state, tol)
+    state = form.start
+    residuals, products, done = form.residuals(state)
     for _ in range(iterations):
-        stepped = _mehrotra_step(matrix, target, cost, state)
-        keep = done | ~torch.stack([torch.isfinite(part).all() for part in stepped]).all()
-        state = tuple(torch.where(keep, old, new) for old, new in zip(state, stepped, strict=True))
-        done = done | _converged(matrix, target, cost, state, tol)
+        stepped = form.mehrotra_step(state, residuals, products)
+        # The step is taken when finite (NaN compares false); booleans order False < True, so
+        # `>=` reads "done or not taken". (torch.isfinite costs four kernels.)
+        keep = done >= (torch.linalg.vector_norm(stepped, torch.inf) < torch.inf)
+        state = torch.where(keep, state, stepped)
+        # Iterates stop at tol: closer to the boundary the normal equations lose accuracy.
+        residuals, products, converged = form.residuals(state)
+        done = done | converged
         if settled_on_host(done):
             break
-    beta = state[0][:count].clamp_min(0.0)
+    beta = state[:count].clamp_min(0.0)
     return beta / beta.sum().clamp_min(tiny), done
 
 
-def _converged(
-    matrix: Tensor, target: Tensor, cost: Tensor, state: tuple[Tensor, ...], tol: float
-) -> Tensor:
-    point, multipliers, reduced = state
-    primal = (matrix @ point - target).abs().amax() / (1.0 + target.abs().amax())
-    dual = (matrix.T @ multipliers + reduced - cost).abs().amax() / (1.0 + cost.abs().amax())
-    gap = (point @ reduced) / (1.0 + (cost @ point).abs())
-    return (primal <= tol) & (dual <= tol) & (gap <= tol)
+class _StandardForm:
+    """Minimise ``costᵀ z`` subject to ``M z = target``, ``z ≥ 0``, by Mehrotra's method.
+
+    An iterate is one vector ``(z, ζ, y)``: the point, its reduced costs and the multipliers.
+    On an accelerator every kernel of an iteration runs the full iteration count whatever the
+    data, so an iteration is kept to few kernels: the constants are built once, the residuals
+    of the convergence test are those the next step starts from, and the right-hand sides of
+    the normal equations are simplified with ``M z − target`` eliminated.
+    """
+
+    def __init__(self, rows: Tensor, bounds: Tensor, objective: Tensor, tol: float) -> None:
+        count, constraints = objective.shape[0], rows.shape[0]
+        size, equations = count + constraints, constraints + 1
+        self.size, self.equations, self.tol = size, equations, tol
+        like = {"dtype": rows.dtype, "device": rows.device}
+        ones, slacks = torch.ones_like(objective), torch.zeros_like(bounds)
+        self.matrix = torch.cat(
+            [torch.cat([ones, slacks])[None], torch.cat([rows, -torch.eye(constraints, **like)], 1)]
+        )
+        self.transposed = self.matrix.T
+        self.target = torch.cat([ones[:1], bounds])
+        cost = torch.cat([-objective, slacks])
+        point = torch.cat([torch.full_like(objective, 1.0 / count), torch.ones_like(slacks)])
+        self.start = torch.cat([point, torch.ones_like(point), torch.zeros_like(self.target)])
+        # (M z − target, Mᵀ y + ζ − cost, costᵀ z) = system (z, ζ, y) − offset.
+        zeros = self.matrix.new_zeros
+        self.system = torch.cat(
+            [
+                torch.cat([self.matrix, zeros(equations, size + equations)], 1),
+                torch.cat([zeros(size, size), torch.eye(size, **like), self.transposed], 1),
+                torch.cat([cost, zeros(size + equations)])[None],
+            ]
+        )
+        self.offset = torch.cat([self.target, cost, zeros(1)])
+        # The primal and dual residuals count relative to 1 + the largest target and cost entry.
+        self.residual_scale = torch.cat(
+            [
+                (1.0 + self.target.abs().amax()).reciprocal().expand(equations),
+                (1.0 + cost.abs().amax()).reciprocal().expand(size),
+            ]
+        )
+        # The step length of each entry: the primal one for z, the dual one for ζ and y.
+        self.step_of_entry = (torch.arange(2 * size + equations, device=rows.device) >= size).long()
+        self.affine_fraction = objective.new_full((), -1.0)
+        self.to_boundary = objective.new_full((), -_TO_BOUNDARY)
+
+    def residuals(self, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The residuals ``(M z − target, Mᵀ y + ζ − cost, costᵀ z)``, ``zᵀ ζ``, and whether
+        the relative primal and dual residuals and duality gap are at most ``tol``."""
+        residuals = torch.addmv(self.offset, self.system, state, beta=-1)
+        products = torch.dot(state[: self.size], state[self.size : 2 * self.size])
+        primal_dual = torch.linalg.vector_norm(residuals[:-1] * self.residual_scale, torch.inf)
+        # zᵀζ / (1 + |costᵀ z|) ≤ tol, without the division.
+        gap = torch.sub(products, residuals[-1].abs(), alpha=self.tol)
+        return residuals, products, torch.maximum(primal_dual, gap) <= self.tol
+
+    def mehrotra_step(self, state: Tensor, residuals: Tensor, products: Tensor) -> Tensor:
+        """The next iterate from ``state``, whose :meth:`residuals` are ``residuals`` and
+        ``products``."""
+        size, matrix, transposed = self.size, self.matrix, self.transposed
+        pair = state[: 2 * size].view(2, size)
+        point, reduced = pair.unbind()
+        dual_residual = residuals[self.equations : -1]
+        ratio = point / reduced
+        scaled = matrix * ratio
+        normal = scaled @ transposed
+        # Near the solution ratio spans many orders of magnitude and, with nearly collinear
+        # gradients, the normal matrix is nearly singular; a relative ridge keeps the solve
+        # accurate.
+        normal.diagonal().mul_(1.0 + _RIDGE)
+        factors, pivots, _ = torch.linalg.lu_factor_ex(normal)
+
+        # Newton's equations with the complementarity row ζ ∘ Δz + z ∘ Δζ = −z ∘ ζ − w reduce,
+        # with D = diag(z/ζ), to M D Mᵀ Δy = target − M D r_d + M (w/ζ), then
+        # Δζ = −r_d − Mᵀ Δy and Δz = −z − w/ζ − D Δζ; `shift` is −z − w/ζ.
+        def direction(rhs: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            d_multipliers = torch.linalg.lu_solve(factors, pivots, rhs[:, None])[:, 0]
+            d_reduced = torch.addmv(dual_residual, transposed, d_multipliers, beta=-1, alpha=-1)
+            d_point = torch.addcmul(shift, ratio, d_reduced, value=-1.0)
+            return d_point, d_reduced, d_multipliers
+
+        affine_rhs = torch.addmv(self.target, scaled, dual_residual, alpha=-1)  # w = 0
+        negated_point = -point
+        d_point, d_reduced, _ = direction(affine_rhs, negated_point)
+        affine = torch.cat([d_point, d_reduced]).view(2, size)
+        steps = _longest_steps(pair, affine, self.affine_fraction)
+        affine_products = torch.dot(*torch.addcmul(pair, steps[:, None], affine).unbind())
+        ratio_of_gaps = affine_products / products.clamp_min(torch.finfo(products.dtype).tiny)
+        # Corrector: w = Δz_aff ∘ Δζ_aff − σ μ, centring σ = (affine gap / gap)³, μ = zᵀζ / n.
+        centring = ratio_of_gaps.pow(3)
+        w = torch.addcmul(d_point * d_reduced, centring, products, value=-1.0 / size)
+        correction = w / reduced
+        corrector = torch.cat(
+            direction(torch.addmv(affine_rhs, matrix, correction), negated_point - correction)
+        )
+        steps = _longest_steps(pair, corrector[: 2 * size].view(2, size), self.to_boundary)
+        return torch.addcmul(state, steps.index_select(0, self.step_of_entry), corrector)
 
 
-def _mehrotra_step(
-    matrix: Tensor, target: Tensor, cost: Tensor, state: tuple[Tensor, ...]
-) -> tuple[Tensor, Tensor, Tensor]:
-    point, multipliers, reduced = state
-    primal_residual = matrix @ point - target
-    dual_residual = matrix.T @ multipliers + reduced - cost
-    ratio = point / reduced
-    normal = (matrix * ratio) @ matrix.T
-    # Near the solution ratio spans many orders of magnitude and, with nearly collinear
-    # gradients, the normal matrix is nearly singular; a relative ridge keeps the solve accurate.
-    normal = normal + _RIDGE * torch.diag_embed(normal.diagonal())
-    factors, pivots, _ = torch.linalg.lu_factor_ex(normal)
-
-    def direction(complementarity: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # Newton's equations, reduced to the normal equations M diag(z/ζ) Mᵀ Δy = rhs.
-        rhs = -primal_residual - matrix @ (complementarity / reduced + ratio * dual_residual)
-        d_multipliers = torch.linalg.lu_solve(factors, pivots, rhs[:, None])[:, 0]
-        d_reduced = -dual_residual - matrix.T @ d_multipliers
-        d_point = (complementarity - point * d_reduced) / reduced
-        return d_point, d_multipliers, d_reduced
-
-    affine = direction(-point * reduced)
-    primal_step = _longest_step(point, affine[0], 1.0)
-    dual_step = _longest_step(reduced, affine[2], 1.0)
-    gap = point @ reduced / point.numel()
-    affine_gap = (point + primal_step * affine[0]) @ (reduced + dual_step * affine[2])
-    centring = (affine_gap / point.numel() / gap.clamp_min(torch.finfo(gap.dtype).tiny)) ** 3
-    d_point, d_multipliers, d_reduced = direction(
-        -point * reduced - affine[0] * affine[2] + centring * gap
-    )
-    primal_step = _longest_step(point, d_point, _TO_BOUNDARY)
-    dual_step = _longest_step(reduced, d_reduced, _TO_BOUNDARY)
-    return (
-        point + primal_step * d_point,
-        multipliers + dual_step * d_multipliers,
-        reduced + dual_step * d_reduced,
-    )
-
-
-def _longest_step(values: Tensor, change: Tensor, fraction: float) -> Tensor:
-    """``min(1, fraction · the largest t with values + t change ≥ 0)``."""
-    limits = torch.where(change < 0, -values / change, torch.inf)
-    return (fraction * limits.amin()).clamp(max=1.0)
+def _longest_steps(values: Tensor, change: Tensor, negated_fraction: Tensor) -> Tensor:
+    """Per row of positive ``values``, ``min(1, fraction · the largest t with values + t change
+    ≥ 0)``, that is ``fraction / max(fraction, max_i −change_i / values_i)``."""
+    lowest = (change / values).amin(-1)
+    return torch.div(negated_fraction, lowest.clamp_max(negated_fraction))

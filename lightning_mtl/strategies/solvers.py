@@ -21,12 +21,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_mtl.strategies.code_paths import host_shortcuts
+
 
 def settled_on_host(done: Tensor) -> bool:
     """Whether a fixed-count iteration may stop early: every problem in ``done`` has converged
-    and the flags live on the CPU, where reading them synchronises nothing. On an accelerator it
-    is always False, so the loop runs its full count without a host read (converged iterates
-    stop changing, so both give the same result).
+    and the flags may be read on the host for free (:func:`~lightning_mtl.strategies.code_paths.
+    host_shortcuts`). On an accelerator it is always False, so the loop runs its full count
+    without a host read (converged iterates stop changing, so both give the same result).
 
     Example::
 
@@ -35,7 +37,7 @@ def settled_on_host(done: Tensor) -> bool:
         >>> settled_on_host(torch.tensor([True, False]))
         False
     """
-    return done.device.type == "cpu" and bool(done.all())
+    return host_shortcuts(done) and bool(done.all())
 
 
 def solve_simplex_qp(
@@ -106,6 +108,7 @@ def _active_set(
     # floor keeps zero rows (zero gradients) solvable.
     ridge = 1e-13 * diagonal + 1e-30 * scale
     threshold = tol * scale
+    faces = _Faces(g, c, ridge, simplex)
     if simplex:
         start = torch.argmin(0.5 * g.diagonal(dim1=-2, dim2=-1) + c, dim=-1, keepdim=True)
         free = torch.zeros_like(c, dtype=torch.bool).scatter(-1, start, True)
@@ -114,33 +117,27 @@ def _active_set(
         free = torch.zeros_like(c, dtype=torch.bool)
         weights = torch.zeros_like(c)
     done = torch.zeros((*c.shape[:-1], 1), dtype=torch.bool, device=c.device)
+    # Each iteration is a few dozen small kernels, and on an accelerator it runs max_iter times
+    # whatever the data, so the loop body is kept lean: weights outside the free set are exactly
+    # zero at both ends of the step, which lets the ratio test and the drop skip the free mask.
     for _ in range(iterations):
-        target = _face_minimiser(g, c, free, ridge, simplex)
-        step = target - weights
-        shrinking = free & (step < 0)
-        ratios = torch.where(shrinking, weights / (-step).clamp_min(1e-300), torch.inf)
-        blocking = ratios.min(-1, keepdim=True)
-        reachable = blocking.values >= 1.0
-        # Move to the face's minimiser when it is feasible, else to the first weight hitting 0.
-        alpha = torch.where(reachable, torch.ones_like(blocking.values), blocking.values)
-        hits_zero = (~reachable) & torch.zeros_like(free).scatter(-1, blocking.indices, True)
-        kept = free & ~hits_zero
-        moved = torch.where(
-            kept, (weights + alpha * step).clamp_min(0.0), torch.zeros_like(weights)
-        )
+        step = faces.minimiser(free) - weights
+        ratios = (weights / -step).masked_fill(step >= 0, torch.inf)
+        blocking = ratios.amin(-1, keepdim=True)
+        reachable = blocking >= 1.0
+        # Move to the face's minimiser when it is feasible, else until a weight hits zero, and
+        # drop the weights that did.
+        alpha = blocking.clamp_max(1.0)
+        kept = free & (ratios > alpha)
+        moved = torch.addcmul(weights, alpha, step).clamp_min(0.0) * kept
         # At the face's minimiser, free the weight with the most negative multiplier, if any.
         gradient = (g @ moved.unsqueeze(-1)).squeeze(-1) + c
-        if simplex:
-            level = (gradient * moved).sum(-1, keepdim=True)
-            multipliers = gradient - level
-        else:
-            multipliers = gradient
-        multipliers = torch.where(kept, torch.inf, multipliers)
-        entering = multipliers.min(-1, keepdim=True)
-        optimal = reachable & (entering.values >= -threshold)
-        grown = kept | (
-            reachable & ~optimal & torch.zeros_like(free).scatter(-1, entering.indices, True)
-        )
+        multipliers = (
+            gradient - (gradient * moved).sum(-1, keepdim=True) if simplex else gradient
+        ).masked_fill(kept, torch.inf)
+        entering = multipliers.amin(-1, keepdim=True)
+        optimal = reachable & (entering >= -threshold)
+        grown = kept | ((multipliers == entering) & reachable & ~optimal)
         weights = torch.where(done, weights, moved)
         free = torch.where(done, free, grown)
         done = done | optimal
@@ -149,28 +146,39 @@ def _active_set(
     return weights.to(gramian.dtype)
 
 
-def _face_minimiser(
-    gramian: Tensor, linear: Tensor, free: Tensor, ridge: Tensor, simplex: bool
-) -> Tensor:
-    """Minimiser of the quadratic with the weights outside ``free`` fixed at zero (and, on the
-    simplex, the free weights summing to one): one bordered linear solve of the KKT system."""
-    pair = free.unsqueeze(-1) & free.unsqueeze(-2)
-    matrix = torch.where(pair, gramian, torch.zeros_like(gramian))
-    diagonal = torch.where(free, ridge, torch.ones_like(linear))
-    matrix = matrix + torch.diag_embed(diagonal)
-    rhs = torch.where(free, -linear, torch.zeros_like(linear))
-    if not simplex:
-        return _solve(matrix, rhs)
-    border = free.to(gramian.dtype)
-    size = linear.shape[-1]
-    bordered = torch.zeros(
-        (*gramian.shape[:-2], size + 1, size + 1), dtype=gramian.dtype, device=gramian.device
-    )
-    bordered[..., :size, :size] = matrix
-    bordered[..., :size, size] = border
-    bordered[..., size, :size] = border
-    full_rhs = torch.cat([rhs, torch.ones_like(rhs[..., :1])], dim=-1)
-    return _solve(bordered, full_rhs)[..., :size]
+class _Faces:
+    """The equality-constrained minimisers of the quadratic on faces of the feasible set.
+
+    On the face of a free set ``F`` (weights outside ``F`` fixed at zero; on the simplex, the
+    free weights summing to one) the minimiser solves one KKT system: ``G`` restricted to ``F``
+    (plus a tiny ridge), bordered by the sum constraint on the simplex, identity rows elsewhere.
+    The bordered matrix and right-hand side are built once; each face only masks them.
+    """
+
+    def __init__(self, gramian: Tensor, linear: Tensor, ridge: Tensor, simplex: bool) -> None:
+        self.size = linear.shape[-1]
+        self.simplex = simplex
+        if simplex:
+            ones = torch.ones_like(linear).unsqueeze(-1)
+            corner = torch.zeros_like(ones[..., :1, :])
+            self.matrix = torch.cat(
+                [torch.cat([gramian, ones], -1), torch.cat([ones.mT, corner], -1)], -2
+            )
+            self.rhs = torch.cat([-linear, ones[..., :1, 0]], -1)
+            self.ridge = torch.cat([ridge, corner[..., 0]], -1)
+            self.border = torch.ones_like(linear[..., :1], dtype=torch.bool)
+        else:
+            self.matrix, self.rhs, self.ridge = gramian, -linear, ridge
+        self.ones = torch.ones_like(self.ridge)
+
+    def minimiser(self, free: Tensor) -> Tensor:
+        """``[..., T]`` minimiser on the face of the free set ``free`` (``[..., T]`` bools)."""
+        if self.simplex:
+            free = torch.cat([free, self.border], -1)
+        mask = free.to(self.matrix.dtype)
+        matrix = self.matrix * (mask.unsqueeze(-1) * mask.unsqueeze(-2))
+        matrix.diagonal(dim1=-2, dim2=-1).add_(torch.where(free, self.ridge, self.ones))
+        return _solve(matrix, mask * self.rhs)[..., : self.size]
 
 
 def _solve(matrix: Tensor, rhs: Tensor) -> Tensor:
