@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 import torch
 from helpers import DATA, TinyModule, flat_params, make_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -21,6 +22,7 @@ from lightning_mtl.strategies.base import (
 )
 
 Calls = list[tuple[ObjectiveBatch, Tensor]]
+Strategy = TypeVar("Strategy", bound=GradientBalancingStrategy)
 
 
 def record_weights(strategy: GradientBalancingStrategy) -> Calls:
@@ -37,7 +39,7 @@ def record_weights(strategy: GradientBalancingStrategy) -> Calls:
     return calls
 
 
-def restored(strategy: GradientBalancingStrategy, fresh: GradientBalancingStrategy):  # type: ignore[no-untyped-def]
+def restored(strategy: GradientBalancingStrategy, fresh: Strategy) -> Strategy:
     """``fresh`` loaded with ``strategy``'s state, through a ``weights_only`` save and load."""
     buffer = io.BytesIO()
     torch.save(strategy.state_dict(), buffer)
@@ -75,6 +77,34 @@ def assert_no_host_reads(strategy: GradientBalancingStrategy) -> None:
     for step in range(6):
         weights = call(strategy, [1.0, 2.0], step=step, epoch=step // 2, device="meta")
         assert weights.device.type == "meta" and weights.shape == (2,)
+
+
+def assert_restored_copy_continues(
+    make: Callable[[], Strategy],
+    losses: Sequence[list[float]],
+    cut: int,
+    epochs: Sequence[int] | None = None,
+) -> Strategy:
+    """A copy restored after the first ``cut`` calls returns, on the rest, exactly what the
+    uninterrupted strategy returns, and ends in its state; the uninterrupted one is returned."""
+    epochs = epochs or [0] * len(losses)
+    straight, interrupted = make(), make()
+    for values, epoch in zip(losses[:cut], epochs[:cut], strict=True):
+        call(straight, values, epoch=epoch)
+        call(interrupted, values, epoch=epoch)
+    resumed = restored(interrupted, make())
+    for values, epoch in zip(losses[cut:], epochs[cut:], strict=True):
+        torch.testing.assert_close(
+            call(resumed, values, epoch=epoch), call(straight, values, epoch=epoch), rtol=0, atol=0
+        )
+    assert_same_state(resumed.state_dict(), straight.state_dict())
+    return straight
+
+
+def assert_needs_losses(strategy: GradientBalancingStrategy) -> None:
+    """Aggregating gradients without the losses raises, naming the missing ``losses=``."""
+    with pytest.raises(ValueError, match="pass losses="):
+        strategy.aggregate(torch.eye(2))
 
 
 def fit_tiny(
@@ -115,4 +145,16 @@ def logged_weights(module: TinyModule) -> Tensor:
     return torch.stack([metrics["balancing/weight/cls"], metrics["balancing/weight/rep"]])
 
 
-# --- DWA ------------------------------------------------------------------------------------
+def assert_run_follows(
+    strategy: GradientBalancingStrategy,
+    max_epochs: int,
+    reference: Callable[[list[list[float]]], Tensor],
+) -> None:
+    """In a Lightning run every ``weights()`` call, and the last logged weights, are what
+    ``reference`` computes from the losses the run produced."""
+    calls = record_weights(strategy)
+    module = fit_tiny(strategy, max_epochs=max_epochs)
+    seen = [[float(v) for v in batch.losses] for batch, _ in calls]
+    expected = reference(seen)
+    torch.testing.assert_close(torch.stack([weights for _, weights in calls]), expected)
+    torch.testing.assert_close(logged_weights(module), expected[-1])

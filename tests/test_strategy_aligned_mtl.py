@@ -6,15 +6,16 @@ import pytest
 import torch
 from strategy_properties import (
     KINDS,
-    check_finite,
-    check_permutation_equivariance,
-    check_scale_equivariance,
+    assert_same_direction,
+    check_agrees_with_torchjd,
+    check_float32_weights,
+    check_non_finite_and_overflow,
+    check_promised_properties,
     jacobian,
 )
 from torch import Tensor
 
 from lightning_mtl.strategies.aligned_mtl import AlignedMTL
-from lightning_mtl.strategies.base import ObjectiveBatch
 
 
 def aligned_mtl_reference(
@@ -43,12 +44,6 @@ def aligned_mtl_reference(
     if preference is not None:
         weights = preference.double()
     return target.sqrt() * right[kept].T @ (left[:, kept].T @ weights)
-
-
-def assert_same_direction(actual: Tensor, expected: Tensor, matrix: Tensor, rtol: float) -> None:
-    scale = max(float(expected.abs().max()), 1e-3 * float(matrix.abs().max()))
-    error = float((actual.double() - expected.double()).abs().max())
-    assert error <= rtol * scale, f"error {error:.3e} > {rtol:.0e} × {scale:.3e}"
 
 
 def test_orthogonal_gradients_get_equal_projections() -> None:
@@ -121,14 +116,12 @@ def test_rank_deficient_gradients_and_zero_gradients() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_properties(kind: str) -> None:
-    matrix = jacobian(5, 32, seed=2, kind=kind)
-    if kind == "collinear":
-        # Their spectrum reaches 1e-6 of λ_max, next to the float32 rank cut 5 · 1.2e-7: the
-        # kept rank, and so the update, is not stable under rescaling of a float32 Gramian.
-        matrix = matrix.double()
-    check_finite(AlignedMTL, matrix)
-    check_scale_equivariance(AlignedMTL, matrix)
-    check_permutation_equivariance(AlignedMTL, matrix)
+    # Collinear gradients' spectrum reaches 1e-6 of λ_max, next to the float32 rank cut
+    # 5 · 1.2e-7: the kept rank, and so the update, is not stable under rescaling of a float32
+    # Gramian.
+    dtype = torch.float64 if kind == "collinear" else torch.float32
+    matrix = jacobian(5, 32, seed=2, kind=kind).to(dtype)
+    check_promised_properties(AlignedMTL, matrix, descent=False)
 
 
 def test_preference_and_the_authors_sum() -> None:
@@ -144,25 +137,15 @@ def test_preference_and_the_authors_sum() -> None:
 
 
 def test_agrees_with_torchjd() -> None:
-    aggregation = pytest.importorskip("torchjd.aggregation")
-    for seed in range(3):
-        matrix = jacobian(4, 16, seed=seed)
-        expected = aggregation.AlignedMTL()(matrix)
-        assert_same_direction(AlignedMTL().aggregate(matrix), expected, matrix, 1e-4)
+    check_agrees_with_torchjd(AlignedMTL, "AlignedMTL", torch.float32, 1e-4)
 
 
 def test_non_finite_gradients_stay_non_finite_and_overflow_falls_back_to_the_mean() -> None:
-    matrix = jacobian(3, 8, seed=1)
-    matrix[0, 3] = float("nan")
-    assert not torch.isfinite(AlignedMTL().aggregate(matrix)).all()
-    huge = jacobian(3, 8, seed=1) * 1e20
-    torch.testing.assert_close(AlignedMTL().aggregate(huge), huge.mean(0))
+    check_non_finite_and_overflow(AlignedMTL, (0, 3), [float("nan")])
 
 
 def test_weights_dtype_arguments_and_repr() -> None:
-    matrix = jacobian(3, 8, seed=2)
-    batch = ObjectiveBatch(names=("a", "b", "c"), gramian=matrix @ matrix.T)
-    assert AlignedMTL().weights(batch).dtype == torch.float32
+    check_float32_weights(AlignedMTL)
     with pytest.raises(ValueError, match="scale_mode must be one of"):
         AlignedMTL(scale_mode="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="3 weights for 2 objectives"):

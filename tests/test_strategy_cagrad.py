@@ -11,15 +11,15 @@ from reference_solvers import cagrad_dual_weights
 from scipy.optimize import minimize, minimize_scalar, nnls
 from strategy_properties import (
     KINDS,
-    check_finite,
-    check_permutation_equivariance,
-    check_scale_equivariance,
+    assert_same_direction,
+    check_float32_weights,
+    check_non_finite_and_overflow,
+    check_promised_properties,
+    check_rejected,
     jacobian,
 )
 from torch import Tensor
 
-from lightning_mtl.strategies import TrainingProgress
-from lightning_mtl.strategies.base import ObjectiveBatch
 from lightning_mtl.strategies.cagrad import CAGrad
 
 
@@ -85,12 +85,6 @@ def cagrad_dual_reference(matrix: Tensor, c: float = 0.5) -> Tensor:
 def cagrad_reference(matrix: Tensor, losses: Tensor | None = None) -> Tensor:
     """CAGrad's default update (``c = 0.5``, ``rescale = 1``) in float64."""
     return cagrad_primal_reference(matrix) / 1.25
-
-
-def assert_same_direction(actual: Tensor, expected: Tensor, matrix: Tensor, rtol: float) -> None:
-    scale = max(float(expected.abs().max()), 1e-3 * float(matrix.abs().max()))
-    error = float((actual.double() - expected.double()).abs().max())
-    assert error <= rtol * scale, f"error {error:.3e} > {rtol:.0e} × {scale:.3e}"
 
 
 def raw(matrix: Tensor, **kwargs) -> Tensor:  # type: ignore[no-untyped-def]
@@ -190,10 +184,7 @@ def test_guarantees_of_the_paper(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_properties(kind: str) -> None:
-    matrix = jacobian(5, 32, seed=2, kind=kind)
-    check_finite(CAGrad, matrix)
-    check_scale_equivariance(CAGrad, matrix)
-    check_permutation_equivariance(CAGrad, matrix)
+    check_promised_properties(CAGrad, jacobian(5, 32, seed=2, kind=kind), descent=False)
 
 
 def test_c_zero_is_the_mean() -> None:
@@ -237,22 +228,13 @@ def test_preference_must_fit_the_objectives() -> None:
     ],
 )
 def test_rejects_bad_arguments(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        CAGrad(**kwargs)
+    check_rejected(CAGrad, kwargs, message)
 
 
 def test_non_finite_gradients_stay_non_finite_and_overflow_falls_back_to_the_mean() -> None:
-    matrix = jacobian(3, 8, seed=1)
-    matrix[0, 0] = float("inf")
-    assert not torch.isfinite(CAGrad().aggregate(matrix)).all()
-    huge = jacobian(3, 8, seed=1) * 1e20
-    torch.testing.assert_close(CAGrad().aggregate(huge), huge.mean(0) / 1.25)
+    check_non_finite_and_overflow(CAGrad, (0, 0), [float("inf")], mean_divisor=1.25)
 
 
 def test_weights_are_float32_on_float32_gramians_and_repr() -> None:
-    matrix = jacobian(3, 8, seed=2)
-    batch = ObjectiveBatch(
-        names=("a", "b", "c"), gramian=matrix @ matrix.T, progress=TrainingProgress()
-    )
-    assert CAGrad().weights(batch).dtype == torch.float32
+    check_float32_weights(CAGrad)
     assert repr(CAGrad(c=0.4, rescale=2)) == "CAGrad(c=0.4, rescale=2, preference=None)"

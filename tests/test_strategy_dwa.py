@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from loss_strategy_harness import (
+    assert_needs_losses,
     assert_no_host_reads,
+    assert_restored_copy_continues,
     assert_resume_reproduces,
-    assert_same_state,
     call,
     fit_tiny,
     logged_weights,
     record_weights,
-    restored,
 )
 
 from lightning_mtl.strategies.dwa import DWA
@@ -55,21 +55,10 @@ def test_three_objectives_and_temperature() -> None:
 
 
 def test_state_round_trip_continues_identically() -> None:
-    sequence = [(e, [1.0 + e + s, 2.0 / (1 + e + s)]) for e in range(4) for s in range(3)]
+    epochs = [e for e in range(4) for _ in range(3)]
+    losses = [[1.0 + e + s, 2.0 / (1 + e + s)] for e in range(4) for s in range(3)]
     for cut in (1, 4, 7):  # inside epoch 0, at the start of epoch 1, inside epoch 2
-        straight, interrupted = DWA(), DWA()
-        for epoch, losses in sequence[:cut]:
-            call(straight, losses, epoch=epoch)
-            call(interrupted, losses, epoch=epoch)
-        resumed = restored(interrupted, DWA())
-        for epoch, losses in sequence[cut:]:
-            torch.testing.assert_close(
-                call(resumed, losses, epoch=epoch),
-                call(straight, losses, epoch=epoch),
-                rtol=0,
-                atol=0,
-            )
-        assert_same_state(resumed.state_dict(), straight.state_dict())
+        assert_restored_copy_continues(DWA, losses, cut, epochs)
 
 
 def test_no_host_reads() -> None:
@@ -83,8 +72,7 @@ def test_temperature_must_be_positive(temperature: float) -> None:
 
 
 def test_needs_the_losses() -> None:
-    with pytest.raises(ValueError, match="pass losses="):
-        DWA().aggregate(torch.eye(2))
+    assert_needs_losses(DWA())
     assert repr(DWA()) == "DWA(temperature=2.0)"
 
 

@@ -13,6 +13,7 @@ from strategy_properties import (
     check_descent,
     check_finite,
     check_permutation_equivariance,
+    check_rejected,
     jacobian,
 )
 from test_strategy_nash_mtl import SOLVABLE, reference_bargaining
@@ -132,8 +133,7 @@ def test_non_finite_gramian_gives_a_non_finite_update() -> None:
     ],
 )
 def test_argument_checks(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        FairGrad(**kwargs)
+    check_rejected(FairGrad, kwargs, message)
 
 
 def test_needs_the_gramian_logs_weights_and_has_a_repr() -> None:

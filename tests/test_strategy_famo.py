@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from loss_strategy_harness import (
+    assert_needs_losses,
     assert_no_host_reads,
+    assert_restored_copy_continues,
     assert_resume_reproduces,
-    assert_same_state,
+    assert_run_follows,
     call,
-    fit_tiny,
-    logged_weights,
-    record_weights,
-    restored,
 )
+from strategy_properties import check_rejected
 from torch import Tensor
 
 from lightning_mtl.strategies.famo import FAMO
@@ -87,14 +86,7 @@ def test_matches_the_authors_algorithm(gamma: float, min_losses: dict[str, float
 
 
 def test_state_round_trip_continues_identically() -> None:
-    straight, interrupted = FAMO(lr=0.1), FAMO(lr=0.1)
-    for losses in LOSSES[:3]:
-        call(straight, losses)
-        call(interrupted, losses)
-    resumed = restored(interrupted, FAMO(lr=0.1))
-    for losses in LOSSES[3:]:
-        torch.testing.assert_close(call(resumed, losses), call(straight, losses), rtol=0, atol=0)
-    assert_same_state(resumed.state_dict(), straight.state_dict())
+    straight = assert_restored_copy_continues(lambda: FAMO(lr=0.1), LOSSES, cut=3)
     assert straight.steps == len(LOSSES) - 1
 
 
@@ -112,26 +104,18 @@ def test_no_host_reads() -> None:
     ],
 )
 def test_argument_checks(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        FAMO(**kwargs)  # type: ignore[arg-type]
+    check_rejected(FAMO, kwargs, message)
 
 
 def test_min_losses_must_name_objectives_and_losses_are_needed() -> None:
     with pytest.raises(ValueError, match=r"unknown objectives \['depth'\]"):
         FAMO(min_losses={"depth": 0.1}).setup(["cls", "rep"])
-    with pytest.raises(ValueError, match="pass losses="):
-        FAMO().aggregate(torch.eye(2))
+    assert_needs_losses(FAMO())
     assert repr(FAMO()) == "FAMO(lr=0.025, gamma=0.001, min_losses={})"
 
 
 def test_lightning_run_logs_the_authors_weights() -> None:
-    famo = FAMO(lr=0.1)
-    calls = record_weights(famo)
-    module = fit_tiny(famo, max_epochs=2)
-    seen = [[float(v) for v in batch.losses] for batch, _ in calls]
-    expected = authors_reference(seen, lr=0.1, gamma=1e-3)
-    torch.testing.assert_close(torch.stack([weights for _, weights in calls]), expected)
-    torch.testing.assert_close(logged_weights(module), expected[-1])
+    assert_run_follows(FAMO(lr=0.1), 2, lambda seen: authors_reference(seen, lr=0.1, gamma=1e-3))
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:

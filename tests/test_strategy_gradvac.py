@@ -10,21 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import DATA, TinyModule, grads_of, one_full_batch_step
-from strategy_properties import check_finite, check_scale_equivariance, jacobian
+from strategy_properties import (
+    assert_relative,
+    check_finite,
+    check_same_step_same_update,
+    check_scale_equivariance,
+    jacobian,
+    order_at,
+)
 from torch import Tensor
 
 from lightning_mtl.mixin import CHECKPOINT_KEY
 from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress
-from lightning_mtl.strategies._gradient_surgery import others_in_random_order
-from lightning_mtl.strategies.base import step_generator
 from lightning_mtl.strategies.gradvac import GradVac
 from lightning_mtl.strategies.pcgrad import PCGrad
-
-CPU = torch.device("cpu")
-
-
-def order_at(seed: int, step: int, count: int) -> Tensor:
-    return others_in_random_order(count, step_generator(seed, step, CPU))
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -53,19 +52,6 @@ def reference_gradvac(
             targets[i, j] = (1 - beta) * target + beta * phi
         changed.append(g_i)
     return torch.stack(changed), targets
-
-
-def problem(count: int, kind: str, seed: int, columns: int = 80) -> Tensor:
-    if kind != "anti_collinear":
-        return jacobian(count, columns, seed=seed, kind=kind)
-    signs = torch.randint(0, 2, (count, 1), generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    return jacobian(count, columns, seed=seed, kind="collinear") * signs
-
-
-def assert_relative(actual: Tensor, expected: Tensor, rtol: float = 1e-5) -> None:
-    expected = expected.double()
-    floor = rtol * float(expected.abs().max()) + 1e-30
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=floor)
 
 
 def batch_of(rows: Tensor, step: int = 0, names: tuple[str, ...] | None = None) -> ObjectiveBatch:
@@ -111,7 +97,7 @@ def test_first_step_is_pcgrad_and_beta_zero_stays_pcgrad() -> None:
         torch.testing.assert_close(GradVac(seed=2).aggregate(rows, progress=progress), expected)
     frozen = GradVac(beta=0.0, seed=1)
     for step in range(3):
-        rows = problem(5, "random", step)
+        rows = jacobian(5, 80, seed=step)
         progress = TrainingProgress(step=step)
         expected = PCGrad(seed=1).aggregate(rows, progress=progress)
         assert_relative(frozen.aggregate(rows, progress=progress), expected)
@@ -127,7 +113,7 @@ def test_matches_algorithm_1_over_several_steps(count: int, kind: str) -> None:
     strategy = GradVac(beta=beta, seed=seed)
     targets = torch.zeros(count, count, dtype=torch.float64)
     for step in range(3):
-        rows = problem(count, kind, seed=10 * count + step)
+        rows = jacobian(count, 80, seed=10 * count + step, kind=kind)
         changed, targets = reference_gradvac(rows, targets, beta, order_at(seed, step, count))
         direction = strategy.aggregate(rows, progress=TrainingProgress(step=step))
         assert_relative(direction, changed.sum(0))
@@ -141,7 +127,7 @@ def test_matches_algorithm_1_from_given_targets_on_nearly_parallel_rows(
 ) -> None:
     # Nearly parallel rows (angles ~1e-3 rad) against targets of ~2e-3 rad: small angles taken
     # from cosines, where a float32 computation would lose the digits.
-    rows = problem(count, "collinear", seed=count)
+    rows = jacobian(count, 80, seed=count, kind="collinear")
     targets = torch.full((count, count), start, dtype=torch.float64).fill_diagonal_(0.0)
     strategy = with_targets(targets, [str(i) for i in range(count)], beta=0.1, seed=1)
     changed, targets = reference_gradvac(rows, targets, 0.1, order_at(1, 0, count))
@@ -152,7 +138,7 @@ def test_matches_algorithm_1_from_given_targets_on_nearly_parallel_rows(
 
 
 def test_weights_give_the_direction_and_each_call_is_one_step() -> None:
-    rows = problem(4, "random", 5)
+    rows = jacobian(4, 80, seed=5)
     one, two = GradVac(beta=0.5), GradVac(beta=0.5)
     weights = one.weights(batch_of(rows))
     assert one.computes_weights
@@ -165,7 +151,7 @@ def test_state_dict_round_trip_continues_the_run_exactly() -> None:
     straight = GradVac(beta=0.2, seed=8)
     interrupted = GradVac(beta=0.2, seed=8)
     for step in range(3):
-        rows = problem(4, "random", step)
+        rows = jacobian(4, 80, seed=step)
         straight.aggregate(rows, names=names, progress=TrainingProgress(step=step))
         interrupted.aggregate(rows, names=names, progress=TrainingProgress(step=step))
     buffer = io.BytesIO()
@@ -176,32 +162,28 @@ def test_state_dict_round_trip_continues_the_run_exactly() -> None:
     resumed = GradVac(beta=0.2, seed=8)
     resumed.load_state_dict(state)
     for step in range(3, 6):
-        rows, progress = problem(4, "ill_conditioned", step), TrainingProgress(step=step)
+        rows = jacobian(4, 80, seed=step, kind="ill_conditioned")
+        progress = TrainingProgress(step=step)
         expected = straight.aggregate(rows, names=names, progress=progress)
         assert torch.equal(resumed.aggregate(rows, names=names, progress=progress), expected)
     assert torch.equal(resumed.targets, straight.targets)
     with pytest.raises(ValueError, match="targets belong to the objectives"):
-        resumed.aggregate(problem(4, "random", 0), names=["a", "b", "c", "e"])
+        resumed.aggregate(jacobian(4, 80, seed=0), names=["a", "b", "c", "e"])
     assert GradVac().state_dict() == {"names": None, "targets": None}
 
 
 def test_same_step_same_update_other_step_other_orders() -> None:
-    rows = problem(8, "random", 6)
-    state = {"names": [str(i) for i in range(8)], "targets": torch.full((8, 8), 0.3).double()}
-    updates = []
-    for step in (4, 4, 5):
-        strategy = GradVac(seed=9)
-        strategy.load_state_dict(state)
-        updates.append(strategy.aggregate(rows, progress=TrainingProgress(step=step)))
-    assert torch.equal(updates[0], updates[1])
-    assert not torch.allclose(updates[0], updates[2])
+    targets, names = torch.full((8, 8), 0.3), [str(i) for i in range(8)]
+    check_same_step_same_update(
+        lambda: with_targets(targets, names, seed=9), jacobian(8, 80, seed=6)
+    )
 
 
 @pytest.mark.parametrize("kind", ["random", "ill_conditioned", "anti_collinear"])
 def test_scale_equivariance(kind: str) -> None:
-    check_scale_equivariance(GradVac, problem(6, kind, 3))
+    check_scale_equivariance(GradVac, jacobian(6, 80, seed=3, kind=kind))
     targets = torch.rand(6, 6, generator=torch.Generator().manual_seed(0)) - 0.3
-    rows = problem(6, kind, 4)
+    rows = jacobian(6, 80, seed=4, kind=kind)
     scaled = with_targets(targets, list("012345")).aggregate(rows * 7.0)
     plain = with_targets(targets, list("012345")).aggregate(rows)
     torch.testing.assert_close(scaled, plain * 7.0, rtol=1e-4, atol=1e-5)
@@ -210,9 +192,9 @@ def test_scale_equivariance(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["with_zero_row", "duplicated", "collinear", "anti_collinear"])
 @pytest.mark.parametrize("target", [0.0, 0.9, 1.0])
 def test_finite_on_zero_duplicated_and_collinear_rows(kind: str, target: float) -> None:
-    check_finite(GradVac, problem(5, kind, 4))
+    check_finite(GradVac, jacobian(5, 80, seed=4, kind=kind))
     targets = torch.full((5, 5), target)
-    direction = with_targets(targets, list("01234")).aggregate(problem(5, kind, 4))
+    direction = with_targets(targets, list("01234")).aggregate(jacobian(5, 80, seed=4, kind=kind))
     assert torch.isfinite(direction).all()
     assert torch.equal(GradVac().aggregate(torch.zeros(3, 4)), torch.zeros(4))
 
@@ -220,9 +202,9 @@ def test_finite_on_zero_duplicated_and_collinear_rows(kind: str, target: float) 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_non_finite_gradients_stay_non_finite_and_leave_the_targets(bad: float) -> None:
     strategy = GradVac(beta=0.5)
-    strategy.aggregate(problem(3, "random", 0))
+    strategy.aggregate(jacobian(3, 80, seed=0))
     before = strategy.targets
-    rows = problem(3, "random", 1, columns=8)
+    rows = jacobian(3, 8, seed=1)
     rows[1, 3] = bad
     assert not torch.isfinite(strategy.aggregate(rows, progress=TrainingProgress(1))).all()
     assert torch.equal(strategy.targets, before)

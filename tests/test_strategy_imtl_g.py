@@ -7,10 +7,11 @@ import pytest
 import torch
 from strategy_properties import (
     KINDS,
-    check_descent,
-    check_finite,
-    check_permutation_equivariance,
-    check_scale_equivariance,
+    assert_same_direction,
+    check_agrees_with_torchjd,
+    check_float32_weights,
+    check_non_finite_and_overflow,
+    check_promised_properties,
     jacobian,
 )
 from torch import Tensor
@@ -29,12 +30,6 @@ def imtl_g_reference(matrix: Tensor, losses: Tensor | None = None) -> Tensor:
     rest = rows[0] @ unit_differences.T @ np.linalg.inv(differences @ unit_differences.T)
     update = np.concatenate([[1.0 - rest.sum()], rest]) @ rows
     return torch.from_numpy(update if units[0] @ update >= 0 else -update)
-
-
-def assert_same_direction(actual: Tensor, expected: Tensor, matrix: Tensor, rtol: float) -> None:
-    scale = max(float(expected.abs().max()), 1e-3 * float(matrix.abs().max()))
-    error = float((actual.double() - expected.double()).abs().max())
-    assert error <= rtol * scale, f"error {error:.3e} > {rtol:.0e} × {scale:.3e}"
 
 
 def projections_on_unit_gradients(matrix: Tensor, direction: Tensor) -> Tensor:
@@ -114,35 +109,20 @@ def test_no_equal_nonzero_projection_gives_a_zero_update() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_properties(kind: str) -> None:
-    matrix = jacobian(5, 32, seed=2, kind=kind)
-    if kind == "collinear":
-        # Their differences are ~1e-6 of ‖g‖², the rounding level of a float32 Gramian, which
-        # IMTL-G's equal projections depend on: only a float64 Gramian resolves them.
-        matrix = matrix.double()
-    check_finite(IMTLG, matrix)
-    check_descent(IMTLG, matrix)
-    check_scale_equivariance(IMTLG, matrix)
-    check_permutation_equivariance(IMTLG, matrix)
+    # Collinear gradients' differences are ~1e-6 of ‖g‖², the rounding level of a float32
+    # Gramian, which IMTL-G's equal projections depend on: only a float64 Gramian resolves them.
+    dtype = torch.float64 if kind == "collinear" else torch.float32
+    check_promised_properties(IMTLG, jacobian(5, 32, seed=2, kind=kind).to(dtype), descent=True)
 
 
 def test_agrees_with_torchjd_where_the_sum_is_positive() -> None:
-    aggregation = pytest.importorskip("torchjd.aggregation")
-    for seed in range(3):
-        matrix = jacobian(4, 16, seed=seed).double()
-        expected = aggregation.IMTLG()(matrix)
-        assert_same_direction(IMTLG().aggregate(matrix), expected, matrix, 1e-6)
+    check_agrees_with_torchjd(IMTLG, "IMTLG", torch.float64, 1e-6)
 
 
 def test_non_finite_gradients_stay_non_finite_and_overflow_falls_back_to_the_mean() -> None:
-    matrix = jacobian(3, 8, seed=1)
-    matrix[1, 1] = float("inf")
-    assert not torch.isfinite(IMTLG().aggregate(matrix)).all()
-    huge = jacobian(3, 8, seed=1) * 1e20
-    torch.testing.assert_close(IMTLG().aggregate(huge), huge.mean(0))
+    check_non_finite_and_overflow(IMTLG, (1, 1), [float("inf")])
 
 
 def test_weights_dtype_and_repr() -> None:
-    matrix = jacobian(3, 8, seed=2)
-    batch = ObjectiveBatch(names=("a", "b", "c"), gramian=matrix @ matrix.T)
-    assert IMTLG().weights(batch).dtype == torch.float32
+    check_float32_weights(IMTLG)
     assert repr(IMTLG()) == "IMTLG()"

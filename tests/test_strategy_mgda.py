@@ -10,9 +10,9 @@ import torch
 from scipy.optimize import nnls
 from strategy_properties import (
     KINDS,
-    check_descent,
-    check_finite,
-    check_permutation_equivariance,
+    assert_same_direction,
+    check_non_finite_and_overflow,
+    check_promised_properties,
     check_scale_equivariance,
     check_zero_at_stationarity,
     jacobian,
@@ -64,14 +64,6 @@ def mgda_reference(matrix: Tensor, losses: Tensor | None = None) -> Tensor:
     return torch.from_numpy(solve(rows) @ rows)
 
 
-def assert_same_direction(actual: Tensor, expected: Tensor, matrix: Tensor, rtol: float) -> None:
-    """Agreement to ``rtol`` relative to the expected update, or to the gradients' scale when the
-    expected update is (nearly) zero."""
-    scale = max(float(expected.abs().max()), 1e-3 * float(matrix.abs().max()))
-    error = float((actual.double() - expected.double()).abs().max())
-    assert error <= rtol * scale, f"error {error:.3e} > {rtol:.0e} × {scale:.3e}"
-
-
 def test_two_gradients_by_hand() -> None:
     g1, g2 = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([-1.0, 1.0, 0.0])
     gamma = float((g2 - g1) @ g2 / (g1 - g2).square().sum())  # weight of g1, inside [0, 1] here
@@ -112,11 +104,7 @@ def test_brute_force_and_nnls_references_agree() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_properties(kind: str) -> None:
-    matrix = jacobian(5, 32, seed=2, kind=kind)
-    check_finite(MGDA, matrix)
-    check_descent(MGDA, matrix)
-    check_scale_equivariance(MGDA, matrix)
-    check_permutation_equivariance(MGDA, matrix)
+    check_promised_properties(MGDA, jacobian(5, 32, seed=2, kind=kind), descent=True)
 
 
 def test_zero_at_stationarity() -> None:
@@ -164,13 +152,7 @@ def test_zero_loss_is_floored_not_divided_by() -> None:
 
 
 def test_non_finite_gradients_stay_non_finite_and_overflow_falls_back_to_the_mean() -> None:
-    matrix = jacobian(3, 8, seed=1)
-    matrix[1, 2] = float("inf")
-    assert not torch.isfinite(MGDA().aggregate(matrix)).all()
-    matrix[1, 2] = float("nan")
-    assert not torch.isfinite(MGDA().aggregate(matrix)).all()
-    huge = jacobian(3, 8, seed=1) * 1e20  # finite, but its Gramian overflows float32
-    torch.testing.assert_close(MGDA().aggregate(huge), huge.mean(0))
+    check_non_finite_and_overflow(MGDA, (1, 2), [float("inf"), float("nan")])
 
 
 def test_arguments_and_repr() -> None:

@@ -17,6 +17,7 @@ from strategy_properties import (
     check_descent,
     check_finite,
     check_permutation_equivariance,
+    check_rejected,
     jacobian,
 )
 from torch import Tensor
@@ -224,8 +225,7 @@ def test_state_dict_round_trip_and_warm_start() -> None:
     ],
 )
 def test_argument_checks(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        NashMTL(**kwargs)
+    check_rejected(NashMTL, kwargs, message)
 
 
 def test_needs_the_gramian_and_has_a_repr() -> None:

@@ -8,23 +8,18 @@ import pytest
 import torch
 from helpers import DATA, TinyModule, grads_of, one_full_batch_step
 from strategy_properties import (
+    assert_relative,
     check_descent,
     check_finite,
+    check_same_step_same_update,
     check_scale_equivariance,
     jacobian,
+    order_at,
 )
 from torch import Tensor
 
 from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress
-from lightning_mtl.strategies._gradient_surgery import others_in_random_order
-from lightning_mtl.strategies.base import step_generator
 from lightning_mtl.strategies.pcgrad import PCGrad
-
-CPU = torch.device("cpu")
-
-
-def order_at(seed: int, step: int, count: int) -> Tensor:
-    return others_in_random_order(count, step_generator(seed, step, CPU))
 
 
 def reference_projections(rows: Tensor, order: Tensor) -> Tensor:
@@ -39,21 +34,6 @@ def reference_projections(rows: Tensor, order: Tensor) -> Tensor:
                 g_pc = g_pc - inner / torch.dot(rows[j], rows[j]) * rows[j]
         projected.append(g_pc)
     return torch.stack(projected)
-
-
-def problem(count: int, kind: str, seed: int, columns: int = 96) -> Tensor:
-    """The shared kinds, plus nearly parallel and anti-parallel rows (random signs)."""
-    if kind != "anti_collinear":
-        return jacobian(count, columns, seed=seed, kind=kind)
-    signs = torch.randint(0, 2, (count, 1), generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    return jacobian(count, columns, seed=seed, kind="collinear") * signs
-
-
-def assert_relative(actual: Tensor, expected: Tensor, rtol: float = 1e-5) -> None:
-    """Entrywise within ``rtol``, with an absolute floor of ``rtol`` times the largest entry."""
-    expected = expected.double()
-    floor = rtol * float(expected.abs().max()) + 1e-30
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=floor)
 
 
 def test_two_conflicting_gradients_by_hand() -> None:
@@ -89,7 +69,7 @@ def test_three_gradients_by_hand_in_both_orders() -> None:
 )
 def test_matches_algorithm_1_with_the_same_random_orders(count: int, kind: str) -> None:
     seed = count * 31 + len(kind)
-    rows = problem(count, kind, seed)
+    rows = jacobian(count, 96, seed=seed, kind=kind)
     step = 11 + count
     projected = reference_projections(rows, order_at(5, step, count))
     progress = TrainingProgress(step=step)
@@ -100,7 +80,7 @@ def test_matches_algorithm_1_with_the_same_random_orders(count: int, kind: str) 
 
 
 def test_weights_give_the_direction() -> None:
-    rows = problem(6, "random", 2)
+    rows = jacobian(6, 96, seed=2)
     batch = ObjectiveBatch(names=tuple("abcdef"), jacobian=rows, progress=TrainingProgress(3))
     strategy = PCGrad(seed=1)
     assert strategy.computes_weights
@@ -109,7 +89,7 @@ def test_weights_give_the_direction() -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_two_conflicting_gradients_end_orthogonal_to_each_other(seed: int) -> None:
-    rows = problem(2, "random", seed, columns=16)
+    rows = jacobian(2, 16, seed=seed)
     rows[1] -= 2 * torch.clamp(rows[0] @ rows[1], min=0) / (rows[0] @ rows[0]) * rows[0]
     assert rows[0] @ rows[1] < 0
     batch = ObjectiveBatch(names=("a", "b"), jacobian=rows)
@@ -122,7 +102,7 @@ def test_two_conflicting_gradients_end_orthogonal_to_each_other(seed: int) -> No
 
 @pytest.mark.parametrize("count", [2, 4, 12])
 def test_gradients_without_conflict_are_summed_unchanged(count: int) -> None:
-    rows = problem(count, "random", count).abs()  # non-negative entries: no inner product < 0
+    rows = jacobian(count, 96, seed=count).abs()  # non-negative entries: no inner product < 0
     step = TrainingProgress(step=count)
     torch.testing.assert_close(PCGrad().aggregate(rows, progress=step), rows.sum(0))
     torch.testing.assert_close(PCGrad("mean").aggregate(rows, progress=step), rows.mean(0))
@@ -130,17 +110,17 @@ def test_gradients_without_conflict_are_summed_unchanged(count: int) -> None:
 
 @pytest.mark.parametrize("kind", ["random", "ill_conditioned", "anti_collinear"])
 def test_scale_equivariance(kind: str) -> None:
-    check_scale_equivariance(PCGrad, problem(7, kind, 3))
+    check_scale_equivariance(PCGrad, jacobian(7, 96, seed=3, kind=kind))
 
 
 @pytest.mark.parametrize("kind", ["with_zero_row", "duplicated", "collinear", "anti_collinear"])
 @pytest.mark.parametrize("count", [2, 6])
 def test_finite_on_zero_duplicated_and_collinear_rows(kind: str, count: int) -> None:
-    check_finite(PCGrad, problem(count, kind, 4))
+    check_finite(PCGrad, jacobian(count, 96, seed=4, kind=kind))
 
 
 def test_one_objective_keeps_its_gradient() -> None:
-    row = problem(1, "random", 8)
+    row = jacobian(1, 96, seed=8)
     torch.testing.assert_close(PCGrad().aggregate(row), row[0])
 
 
@@ -152,7 +132,7 @@ def test_zero_gradients_give_zero() -> None:
 
 @pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
 def test_non_finite_gradients_stay_non_finite(bad: float) -> None:
-    rows = problem(4, "random", 1, columns=8)
+    rows = jacobian(4, 8, seed=1)
     rows[2, 5] = bad
     for strategy in (PCGrad(), PCGrad("mean")):
         assert not torch.isfinite(strategy.aggregate(rows)).all()
@@ -175,11 +155,7 @@ def test_orders_are_random_permutations_of_the_others_and_reproducible() -> None
 
 
 def test_same_step_same_update_other_step_other_orders() -> None:
-    rows = problem(8, "random", 6)
-    at = [TrainingProgress(step=step) for step in (4, 4, 5)]
-    first, again, later = (PCGrad(seed=9).aggregate(rows, progress=p) for p in at)
-    assert torch.equal(first, again)
-    assert not torch.allclose(first, later)
+    check_same_step_same_update(lambda: PCGrad(seed=9), jacobian(8, 96, seed=6))
 
 
 def test_arguments_are_checked() -> None:

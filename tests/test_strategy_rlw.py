@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from loss_strategy_harness import call, fit_tiny, logged_weights
+from strategy_properties import check_rejected
 
 from lightning_mtl.strategies.base import step_generator
 from lightning_mtl.strategies.rlw import RLW
@@ -67,8 +68,7 @@ def test_without_losses_and_state() -> None:
     ],
 )
 def test_argument_checks(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        RLW(**kwargs)  # type: ignore[arg-type]
+    check_rejected(RLW, kwargs, message)
 
 
 def test_lightning_run_logs_the_last_step_draw() -> None:

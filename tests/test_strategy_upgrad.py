@@ -8,16 +8,15 @@ import torch
 from scipy.optimize import nnls
 from strategy_properties import (
     KINDS,
-    check_descent,
-    check_finite,
-    check_permutation_equivariance,
-    check_scale_equivariance,
+    assert_same_direction,
+    check_float32_weights,
+    check_non_finite_and_overflow,
+    check_promised_properties,
     check_zero_at_stationarity,
     jacobian,
 )
 from torch import Tensor
 
-from lightning_mtl.strategies.base import ObjectiveBatch
 from lightning_mtl.strategies.upgrad import UPGrad
 
 
@@ -49,12 +48,6 @@ def upgrad_reference(
     return torch.from_numpy(
         sum(w * dual_cone_projection(rows, row) for w, row in zip(weights, rows, strict=True))
     )
-
-
-def assert_same_direction(actual: Tensor, expected: Tensor, matrix: Tensor, rtol: float) -> None:
-    scale = max(float(expected.abs().max()), 1e-3 * float(matrix.abs().max()))
-    error = float((actual.double() - expected.double()).abs().max())
-    assert error <= rtol * scale, f"error {error:.3e} > {rtol:.0e} × {scale:.3e}"
 
 
 def test_two_conflicting_gradients_by_hand() -> None:
@@ -109,11 +102,7 @@ def test_each_projection_lies_in_the_dual_cone() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_properties(kind: str) -> None:
-    matrix = jacobian(6, 32, seed=3, kind=kind)
-    check_finite(UPGrad, matrix)
-    check_descent(UPGrad, matrix)
-    check_scale_equivariance(UPGrad, matrix)
-    check_permutation_equivariance(UPGrad, matrix)
+    check_promised_properties(UPGrad, jacobian(6, 32, seed=3, kind=kind), descent=True)
 
 
 def test_zero_at_stationarity() -> None:
@@ -146,17 +135,11 @@ def test_pref_vector_by_name() -> None:
 
 
 def test_non_finite_gradients_stay_non_finite_and_overflow_falls_back_to_the_mean() -> None:
-    matrix = jacobian(3, 8, seed=1)
-    matrix[2, 1] = float("nan")
-    assert not torch.isfinite(UPGrad().aggregate(matrix)).all()
-    huge = jacobian(3, 8, seed=1) * 1e20
-    torch.testing.assert_close(UPGrad().aggregate(huge), huge.mean(0))
+    check_non_finite_and_overflow(UPGrad, (2, 1), [float("nan")])
 
 
 def test_weights_dtype_arguments_and_repr() -> None:
-    matrix = jacobian(3, 8, seed=2)
-    batch = ObjectiveBatch(names=("a", "b", "c"), gramian=matrix @ matrix.T)
-    assert UPGrad().weights(batch).dtype == torch.float32
+    check_float32_weights(UPGrad)
     for label in ("norm_eps", "reg_eps"):
         with pytest.raises(ValueError, match=f"{label} must be finite and >= 0"):
             UPGrad(**{label: -1.0})

@@ -7,14 +7,13 @@ import math
 import pytest
 import torch
 from loss_strategy_harness import (
+    assert_needs_losses,
     assert_no_host_reads,
-    assert_same_state,
+    assert_restored_copy_continues,
+    assert_run_follows,
     call,
-    fit_tiny,
-    logged_weights,
-    record_weights,
-    restored,
 )
+from strategy_properties import check_rejected
 
 from lightning_mtl.strategies.uw import UW
 
@@ -65,14 +64,7 @@ def test_settles_at_the_log_of_a_constant_loss() -> None:
 
 
 def test_state_round_trip_continues_identically() -> None:
-    straight, interrupted = UW(lr=0.3), UW(lr=0.3)
-    for losses in LOSSES[:2]:
-        call(straight, losses)
-        call(interrupted, losses)
-    resumed = restored(interrupted, UW(lr=0.3))
-    for losses in LOSSES[2:]:
-        torch.testing.assert_close(call(resumed, losses), call(straight, losses), rtol=0, atol=0)
-    assert_same_state(resumed.state_dict(), straight.state_dict())
+    assert_restored_copy_continues(lambda: UW(lr=0.3), LOSSES, cut=2)
     assert UW().state_dict() == {"log_variances": None}
 
 
@@ -89,21 +81,13 @@ def test_no_host_reads() -> None:
     ],
 )
 def test_argument_checks(kwargs: dict[str, float], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        UW(**kwargs)
+    check_rejected(UW, kwargs, message)
 
 
 def test_needs_the_losses() -> None:
-    with pytest.raises(ValueError, match="pass losses="):
-        UW().aggregate(torch.eye(2))
+    assert_needs_losses(UW())
     assert repr(UW()) == "UW(lr=0.01, initial_log_variance=0.0)"
 
 
 def test_lightning_run_logs_the_joint_sgd_weights() -> None:
-    uw = UW(lr=0.3)
-    calls = record_weights(uw)
-    module = fit_tiny(uw, max_epochs=2)
-    seen = [[float(v) for v in batch.losses] for batch, _ in calls]
-    expected = torch.tensor(sgd_reference(seen, lr=0.3))
-    torch.testing.assert_close(torch.stack([weights for _, weights in calls]), expected)
-    torch.testing.assert_close(logged_weights(module), expected[-1])
+    assert_run_follows(UW(lr=0.3), 2, lambda seen: torch.tensor(sgd_reference(seen, lr=0.3)))
