@@ -18,13 +18,13 @@ from lightning_mtl.strategies._gramian_tools import (
 )
 from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
 from lightning_mtl.strategies.code_paths import host_shortcuts
-from lightning_mtl.strategies.solvers import solve_nonnegative_qp, solve_simplex_qp
+from lightning_mtl.strategies.solvers import solve_nonnegative_qp
 
 # The search for the best worst-case level z narrows its bracket 65536 times, then interpolates
 # exactly inside it. On the CPU it tries 16 levels per round for 4 rounds (16⁴): each level is a
 # QP, and the solver stops once all have converged. On an accelerator each round costs the
 # solver's full, fixed iteration count in small kernels whatever the batch, so 2 rounds of 256
-# levels (256²) take half the launches of the CPU plan (and 3 QP runs in all with the hull's).
+# levels (256²) take half the launches of the CPU plan (2 QP runs, the hull's in the first).
 _CPU_SEARCH = (4, 16)
 _ACCELERATOR_SEARCH = (2, 256)
 # When the min-norm point of the hull is this small (squared, relative to max ‖g_t‖²), the hull is
@@ -127,8 +127,9 @@ def conflict_averse_multipliers(gramian: Tensor, preference: Tensor, radius: Ten
     ``min_t (Gb)_t`` (where ``λ = 0``), at most ``min_t (Gb)_t + radius ‖g_t‖`` (no ``d`` in the
     ball does better on objective ``t``) and at most ``(‖g0‖ + radius) ‖x*‖`` with ``x*`` the
     min-norm point of the hull (every ``d`` in the ball is that short, and no ``d`` that short does
-    better on all objectives). The last bound keeps every level tried reachable, so that each QP
-    has a bounded solution; it is 0 when ``‖x*‖² ≤ 1e-10 max_t ‖g_t‖²``.
+    better on all objectives). Above the last bound a level's QP may have no bounded solution
+    (when the hull holds 0), so levels above it count as outside the radius whatever their
+    multipliers; it is 0 when ``‖x*‖² ≤ 1e-10 max_t ‖g_t‖²``.
 
     Example::
 
@@ -138,31 +139,23 @@ def conflict_averse_multipliers(gramian: Tensor, preference: Tensor, radius: Ten
         tensor([0., 0.], dtype=torch.float64)
     """
     toward = gramian @ preference
-    lower, upper = _level_bounds(gramian, preference, toward, radius)
-    low, high, high_tried = _bracket(gramian, toward, lower, upper, radius)
+    low, high, high_tried = _bracket(gramian, preference, toward, radius)
     return _to_radius(gramian, low, high, high_tried, radius)
 
 
-def _level_bounds(
-    gramian: Tensor, preference: Tensor, toward: Tensor, radius: Tensor
-) -> tuple[Tensor, Tensor]:
-    hull = solve_simplex_qp(gramian)
-    squared_min_norm = (hull @ gramian @ hull).clamp_min(0.0)
-    stationary = squared_min_norm <= _STATIONARY * gramian.diagonal().amax()
-    min_norm = torch.where(stationary, 0.0, squared_min_norm.sqrt())
-    longest = (preference @ toward).clamp_min(0.0).sqrt() + radius
-    lower = toward.min()
-    upper = torch.minimum((toward + radius * row_norms(gramian)).min(), longest * min_norm)
-    return lower, torch.maximum(upper, lower)
-
-
 def _bracket(
-    gramian: Tensor, toward: Tensor, lower: Tensor, upper: Tensor, radius: Tensor
+    gramian: Tensor, preference: Tensor, toward: Tensor, radius: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Multipliers at the ends of the final bracket of levels, and whether the upper end was
-    ever solved (else the optimum is at the top of the search range)."""
+    ever solved (else the optimum is at the top of the search range).
+
+    The min-norm point, which caps the reachable levels, is solved in the first round's batch
+    (as the equivalent non-negative QP of :func:`_min_norm_problem`): on an accelerator a QP run
+    costs the same launches whatever its batch, so this saves a whole run."""
     size = toward.shape[-1]
     rounds, points = search_plan(toward)
+    lower = toward.min()
+    upper = torch.maximum((toward + radius * row_norms(gramian)).min(), lower)
     low = torch.zeros_like(toward)
     high = torch.zeros_like(toward)
     high_tried = torch.zeros((), dtype=torch.bool, device=toward.device)
@@ -170,10 +163,21 @@ def _bracket(
     fractions = steps / points
     stacked = gramian.expand(points, size, size)
     tried = torch.ones(points, dtype=torch.bool, device=toward.device)
-    for _ in range(rounds):
+    hull_matrix, hull_linear = _min_norm_problem(gramian)
+    reach = upper
+    for round_index in range(rounds):
         levels = lower + (upper - lower) * fractions
-        multipliers = solve_nonnegative_qp(stacked, toward - levels[:, None])
-        within = (multipliers @ gramian * multipliers).sum(-1) <= radius**2
+        if round_index == 0:
+            solutions = solve_nonnegative_qp(
+                torch.cat([hull_matrix[None], stacked]),
+                torch.cat([hull_linear[None], toward - levels[:, None]]),
+            )
+            reach = _reachable_level(gramian, preference, toward, radius, solutions[0])
+            multipliers = solutions[1:]
+        else:
+            multipliers = solve_nonnegative_qp(stacked, toward - levels[:, None])
+        # A level above the reachable ones has no bounded QP; its multipliers mean nothing.
+        within = (levels <= reach) & ((multipliers @ gramian * multipliers).sum(-1) <= radius**2)
         # Levels are ordered, so the leading run of levels within the radius ends at the crossing.
         crossing = within.to(torch.int64).cumprod(0).sum()
         lower = _pick(torch.cat([lower[None], levels]), crossing)
@@ -181,7 +185,32 @@ def _bracket(
         upper = _pick(torch.cat([levels, upper[None]]), crossing)
         high = _pick(torch.cat([multipliers, high[None]]), crossing)
         high_tried = _pick(torch.cat([tried, high_tried[None]]), crossing)
+        capped = upper > reach
+        upper = torch.where(capped, torch.maximum(reach, lower), upper)
+        high_tried = high_tried & ~capped
     return low, high, high_tried
+
+
+def _min_norm_problem(gramian: Tensor) -> tuple[Tensor, Tensor]:
+    """``(G/s + 11ᵀ, −1)``: the non-negative QP whose solution ``λ`` gives the min-norm point
+    of the hull as ``λ / Σλ`` (its KKT conditions are the simplex QP's, scaled by ``Σλ``; the
+    ``11ᵀ`` term keeps it bounded when the hull holds 0). ``s = max_t ‖g_t‖²`` keeps the two
+    terms comparable."""
+    scale = gramian.diagonal().amax().clamp_min(torch.finfo(gramian.dtype).tiny)
+    return gramian / scale + 1.0, -torch.ones_like(gramian[0])
+
+
+def _reachable_level(
+    gramian: Tensor, preference: Tensor, toward: Tensor, radius: Tensor, lifted: Tensor
+) -> Tensor:
+    """``(‖g0‖ + radius) ‖x*‖`` (see :func:`conflict_averse_multipliers`), 0 when ``x*`` is
+    stationary, from ``lifted``, the solution of :func:`_min_norm_problem`."""
+    hull = lifted / lifted.sum().clamp_min(torch.finfo(lifted.dtype).tiny)
+    squared_min_norm = (hull @ gramian @ hull).clamp_min(0.0)
+    stationary = squared_min_norm <= _STATIONARY * gramian.diagonal().amax()
+    min_norm = torch.where(stationary, 0.0, squared_min_norm.sqrt())
+    longest = (preference @ toward).clamp_min(0.0).sqrt() + radius
+    return longest * min_norm
 
 
 def search_plan(toward: Tensor) -> tuple[int, int]:
