@@ -107,7 +107,8 @@ def _active_set(
     # Relative to each weight's own curvature, so badly scaled problems are not biased; the
     # floor keeps zero rows (zero gradients) solvable.
     ridge = 1e-13 * diagonal + 1e-30 * scale
-    threshold = tol * scale
+    # Multipliers below this are negative enough to free their weight.
+    entry_level = -tol * scale
     faces = _Faces(g, c, ridge, simplex)
     if simplex:
         start = torch.argmin(0.5 * g.diagonal(dim1=-2, dim2=-1) + c, dim=-1, keepdim=True)
@@ -121,23 +122,25 @@ def _active_set(
     # whatever the data, so the loop body is kept lean: weights outside the free set are exactly
     # zero at both ends of the step, which lets the ratio test and the drop skip the free mask.
     for _ in range(iterations):
-        step = faces.minimiser(free) - weights
-        ratios = (weights / -step).masked_fill(step >= 0, torch.inf)
+        # ``shortfall`` is minus the step towards the face's minimiser.
+        shortfall = weights - faces.minimiser(free)
+        ratios = (weights / shortfall).masked_fill(shortfall <= 0, torch.inf)
         blocking = ratios.amin(-1, keepdim=True)
         reachable = blocking >= 1.0
         # Move to the face's minimiser when it is feasible, else until a weight hits zero, and
         # drop the weights that did.
         alpha = blocking.clamp_max(1.0)
         kept = free & (ratios > alpha)
-        moved = torch.addcmul(weights, alpha, step).clamp_min(0.0) * kept
+        moved = torch.addcmul(weights, alpha, shortfall, value=-1.0).clamp_min(0.0) * kept
         # At the face's minimiser, free the weight with the most negative multiplier, if any.
         gradient = (g @ moved.unsqueeze(-1)).squeeze(-1) + c
         multipliers = (
             gradient - (gradient * moved).sum(-1, keepdim=True) if simplex else gradient
         ).masked_fill(kept, torch.inf)
         entering = multipliers.amin(-1, keepdim=True)
-        optimal = reachable & (entering >= -threshold)
-        grown = kept | ((multipliers == entering) & reachable & ~optimal)
+        advancing = reachable & (entering < entry_level)
+        optimal = reachable ^ advancing
+        grown = kept | ((multipliers == entering) & advancing)
         weights = torch.where(done, weights, moved)
         free = torch.where(done, free, grown)
         done = done | optimal
