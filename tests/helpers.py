@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -175,3 +176,21 @@ def engine_steps(
         with watch_last() if step == steps - 1 else nullcontext():
             engine.step(names, objectives, strategy, scope, progress, backend)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+class TrunkReference(NamedTuple):
+    """What a one-step test of a trunk-scoped strategy compares against, computed by hand."""
+
+    losses: dict[str, Tensor]
+    rows: Tensor  # [2, trunk size]: the cls and rep gradients of the trunk
+    head_gradient: Tensor  # the summed objectives' gradient of both heads
+
+
+def trunk_reference(initial: TwoHeadNet) -> TrunkReference:
+    """The objectives, the trunk's per-objective gradients and the heads' summed gradient of
+    ``initial`` on :data:`DATA` (see :func:`one_full_batch_step`)."""
+    losses = initial.losses(*DATA.tensors)
+    trunk = list(initial.trunk.parameters())
+    heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
+    rows = torch.stack([grads_of(losses["cls"], trunk), grads_of(losses["rep"], trunk)])
+    return TrunkReference(losses, rows, grads_of(losses["cls"] + losses["rep"], heads))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import DATA, TinyModule, grads_of, one_full_batch_step
+from helpers import TinyModule, one_full_batch_step, trunk_reference
 from host_sync import ops_per_iteration
 from strategy_properties import (
     KINDS,
@@ -153,12 +153,10 @@ def test_no_host_reads_of_tensor_values() -> None:
 
 def test_lightning_step_writes_the_fairgrad_direction() -> None:
     initial, change = one_full_batch_step(TinyModule(FairGrad(alpha=2.0, max_norm=None)))
-    losses = initial.losses(*DATA.tensors)
-    trunk = list(initial.trunk.parameters())
-    heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
-    rows = torch.stack([grads_of(losses["cls"], trunk), grads_of(losses["rep"], trunk)]).double()
+    reference = trunk_reference(initial)
+    rows = reference.rows.double()
     weights = 2 * torch.from_numpy(reference_bargaining(rows @ rows.T, power=0.5))
-    expected = torch.cat([(weights @ rows).float(), grads_of(losses["cls"] + losses["rep"], heads)])
+    expected = torch.cat([(weights @ rows).float(), reference.head_gradient])
     torch.testing.assert_close(change, expected, rtol=1e-4, atol=1e-6)
 
 

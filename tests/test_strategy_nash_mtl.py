@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
-from helpers import DATA, TinyModule, grads_of, one_full_batch_step
+from helpers import TinyModule, one_full_batch_step, trunk_reference
 from host_sync import ops_per_iteration
 from strategy_properties import (
     KINDS,
@@ -250,14 +250,12 @@ def test_no_host_reads_of_tensor_values() -> None:
 
 def test_lightning_step_writes_the_clipped_nash_direction() -> None:
     initial, change = one_full_batch_step(TinyModule(NashMTL(max_norm=0.5)))
-    losses = initial.losses(*DATA.tensors)
-    trunk = list(initial.trunk.parameters())
-    heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
-    rows = torch.stack([grads_of(losses["cls"], trunk), grads_of(losses["rep"], trunk)]).double()
+    reference = trunk_reference(initial)
+    rows = reference.rows.double()
     alpha = torch.from_numpy(reference_bargaining(rows @ rows.T))
     direction = alpha @ rows
     direction = direction * min(1.0, 0.5 / float(direction.norm()))
-    expected = torch.cat([direction.float(), grads_of(losses["cls"] + losses["rep"], heads)])
+    expected = torch.cat([direction.float(), reference.head_gradient])
     torch.testing.assert_close(change, expected, rtol=1e-4, atol=1e-6)
 
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 pytest.importorskip("torchjd")
 
-from helpers import DATA, TinyModule, grads_of, one_full_batch_step
+from helpers import TinyModule, one_full_batch_step, trunk_reference
 from torchjd.aggregation import (
     CRMOGMWeighting,
     Mean,
@@ -104,14 +104,11 @@ def test_missing_torchjd_names_the_install_command(monkeypatch: pytest.MonkeyPat
 )
 def test_lightning_step_writes_the_upgrad_gradient(method: torch.nn.Module) -> None:
     initial, change = one_full_batch_step(TinyModule(from_torchjd(method)))
-    losses = initial.losses(*DATA.tensors)
-    trunk = list(initial.trunk.parameters())
-    heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
-    rows = torch.stack([grads_of(losses["cls"], trunk), grads_of(losses["rep"], trunk)])
+    _, rows, head_gradient = trunk_reference(initial)
     expected = torch.cat(
         [
             UPGrad(projector=ActiveSetProjector())(rows),
-            grads_of(losses["cls"] + losses["rep"], heads),
+            head_gradient,
         ]
     )
     torch.testing.assert_close(change, expected)
