@@ -1,5 +1,5 @@
 """Embedded digits GCD: All / Old / New for SimGCD, + PGI, + PGI + SwAV and + EAGC, and the
-mean classification-vs-representation gradient angle (issue 5, item 7; seed 000 table 4).
+mean classification-vs-representation gradient angle (issue 5, item 7; the PGI paper's table 4).
 
 Every variant is the recipe ``recipes/digits_gcd_pgi.yaml`` (or ``digits_gcd_eagc.yaml``) run
 through the package's CLI with a few overrides, so what is measured is what a user runs:
@@ -9,10 +9,10 @@ through the package's CLI with a few overrides, so what is measured is what a us
 * ``pgi_swav``: the recipe as shipped (PGI + SwAV on the labeled rows);
 * ``eagc``: ``recipes/digits_gcd_eagc.yaml`` (plain sum + EAGC's AGA and EEP);
 * ``pgi_swav_unlabeled``, ``pgi_swav_all``: ``pgi_swav`` with the SwAV terms on the unlabeled
-  rows or on all rows (seed 000's table 6 mask ablation; not run by default);
+  rows or on all rows (the PGI paper's table 6 mask ablation; not run by default);
 * ``pgi_swav_separate``: ``pgi_swav`` with SwAV on its own prototypes instead of the
   classifier's rows (not run by default);
-* ``pgi_constant``: ``pgi`` with the constant α = 0.35 of seed 000's implementation details
+* ``pgi_constant``: ``pgi`` with the constant α = 0.35 of the PGI paper's implementation details
   instead of the annealed 0.5 → 0.35 (not run by default).
 
 Each run uses ``--seed_everything S`` and seeds the split, the sampler and the augmentation

@@ -50,10 +50,10 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
-from lightning_mtl.data.multidigits import MultiDigitsDataModule
-from lightning_mtl.metrics import delta_m, mean_rank
-from lightning_mtl.models.multidigits import MultiDigitsModule, task_names
 from lightning_mtl.strategies import GradientBalancingStrategy
+from lightning_mtl.tasks.multitask import delta_m, mean_rank
+from lightning_mtl.tasks.multitask.data.multidigits import MultiDigitsDataModule
+from lightning_mtl.tasks.multitask.models.multidigits import MultiDigitsModule, task_names
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "multidigits_mtl.yaml"
 # PGI is not listed: it balances exactly two objectives and this problem has three or more.
@@ -316,8 +316,8 @@ def markdown(
         "",
         "Accuracies: validation accuracy per task after the last epoch, mean ± standard "
         "deviation over seeds. Δm%: mean relative change of the per-task accuracies against the "
-        f"`{SINGLE_TASK}` row (each task's head trained alone), in percent, as a drop (seed 003 "
-        "§3.1): lower is better, negative beats the single-task models. "
+        f"`{SINGLE_TASK}` row (each task's head trained alone), in percent, as a drop (the RGB "
+        "paper's §3.1): lower is better, negative beats the single-task models. "
         "MR: mean rank over tasks among all rows (1 is best; ties share ranks). s/run: seconds "
         f"to fit one model (for `{SINGLE_TASK}`, all T models).",
     ]

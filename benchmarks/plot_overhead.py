@@ -1,7 +1,7 @@
 """PLOT's step overhead over its base method on ResNet-32 with CIFAR-sized input (issue 4,
 item 6; the paper's appendix table 2 reports 0.83–0.86 h vs 0.65–0.68 h on a T4, about 1.3×).
 
-:class:`~lightning_mtl.models.LongTailClassifier` with ResNet-32 trains on fixed random
+:class:`~lightning_mtl.tasks.long_tail.LongTailClassifier` with ResNet-32 trains on fixed random
 ``3×32×32`` batches that stay on the device (no data loading in the measurement), labels drawn
 from the CIFAR-LT profile (``--classes`` classes at imbalance ``--imbalance``), batch 64 as in
 the paper. Configurations:
@@ -36,9 +36,9 @@ import lightning.pytorch as pl
 import torch
 
 from benchmarks.step_overhead import PRECISIONS, CycledBatches, StepTimer, StepTimerCallback
-from lightning_mtl.data.long_tail import long_tail_counts
-from lightning_mtl.models import LongTailClassifier
 from lightning_mtl.strategies import PLOT, LinearScalarization
+from lightning_mtl.tasks.long_tail import LongTailClassifier
+from lightning_mtl.tasks.long_tail.data import long_tail_counts
 
 BATCH_SIZE = 64
 

@@ -131,7 +131,7 @@ def per_class_objectives(
     """Split per-sample losses into one objective per class: ``L_c = Σ_{i: y_i = c} ℓ_i / B``.
 
     The objectives sum to the batch-mean loss, so their gradients sum to the ordinary gradient
-    (the class-as-task view of PLOT, seed 002 §4.1). A class absent from the batch gets a zero
+    (the class-as-task view of the PLOT paper, §4.1). A class absent from the batch gets a zero
     objective (a zero gradient row), built without a host synchronisation.
 
     Args:

@@ -14,12 +14,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_mtl.data import EpochSeededRandomSampler
 from lightning_mtl.strategies.base import (
     GradientBalancingStrategy,
     ObjectiveBatch,
     TrainingProgress,
 )
+from lightning_mtl.tasks.common import EpochSeededRandomSampler
 
 Calls = list[tuple[ObjectiveBatch, Tensor]]
 Strategy = TypeVar("Strategy", bound=GradientBalancingStrategy)

@@ -117,9 +117,7 @@ def test_engine_step_makes_no_host_synchronisation(make) -> None:
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 @pytest.mark.parametrize("with_eagc", [False, True], ids=["pgi_swav", "eagc"])
 def test_gcd_module_trains_an_epoch_under_mixed_precision(precision: str, with_eagc: bool) -> None:
-    from lightning_mtl.data import DigitsGCDDataModule
-    from lightning_mtl.gcd import EAGC
-    from lightning_mtl.models import GCDModule
+    from lightning_mtl.tasks.gcd import EAGC, DigitsGCDDataModule, GCDModule
 
     torch.manual_seed(0)
     eagc = EAGC(64) if with_eagc else None
@@ -152,8 +150,7 @@ def test_every_catalogue_strategy_steps_without_host_synchronisation(name: str) 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 def test_plot_trains_the_long_tailed_digits_under_mixed_precision(precision: str) -> None:
     from lightning_mtl.callbacks import TemporalMOO
-    from lightning_mtl.data import DigitsLongTailDataModule
-    from lightning_mtl.models import LongTailClassifier
+    from lightning_mtl.tasks.long_tail import DigitsLongTailDataModule, LongTailClassifier
 
     torch.manual_seed(0)
     model = LongTailClassifier(

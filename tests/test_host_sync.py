@@ -123,12 +123,12 @@ def test_the_long_tail_step_reads_the_class_counts_once() -> None:
     steps = _fit_recipe("digits_lt_plot")
     for found in steps[1:]:
         assert [(sync.call, sync.where.split(":")[0]) for sync in found] == [
-            ("tolist", "models/long_tail.py")
+            ("tolist", "tasks/long_tail/models.py")
         ]
 
 
 def test_celeba_and_nyuv2_steps_make_no_host_synchronisation() -> None:
-    from lightning_mtl.models import CelebAMultiTask, NYUv2MultiTask
+    from lightning_mtl.tasks.multitask import CelebAMultiTask, NYUv2MultiTask
 
     generator = torch.Generator().manual_seed(0)
     faces = TensorDataset(

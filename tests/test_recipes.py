@@ -16,12 +16,15 @@ from fake_cifar import write_cifar10, write_cifar100
 from host_sync import watch_steps
 from lightning.pytorch import LightningDataModule, LightningModule
 
-from lightning_mtl.callbacks import ClassifierRetraining, TemporalMOO
+from lightning_mtl.callbacks import TemporalMOO
 from lightning_mtl.cli import MultiObjectiveCLI, run_cli
-from lightning_mtl.data import CIFARLongTailDataModule
-from lightning_mtl.models import LongTailClassifier
-from lightning_mtl.models.resnet_cifar import NormalizedLinear
 from lightning_mtl.strategies import PLOT, LinearScalarization
+from lightning_mtl.tasks.long_tail import (
+    CIFARLongTailDataModule,
+    ClassifierRetraining,
+    LongTailClassifier,
+)
+from lightning_mtl.tasks.long_tail.resnet_cifar import NormalizedLinear
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 CIFAR_RECIPES = [path for path in RECIPES if path.name.startswith("cifar")]
@@ -185,13 +188,17 @@ def test_cifar_lt_recipes_train_a_few_steps(
     steps = watch_steps(cli.model)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 6
-    # The step's one read of the device: the classes present in the batch (models/long_tail.py).
-    # Mixup's seed comes from a CPU generator (losses/long_tail.py): no wait for a GPU.
+    # The step's one read of the device: the classes present in the batch
+    # (tasks/long_tail/models.py).
+    # Mixup's seed comes from a CPU generator (tasks/long_tail/losses.py): no wait for a GPU.
     for found in steps[1:]:
         calls = sorted((sync.call, sync.where.split(":")[0]) for sync in found)
         assert calls in (
-            [("tolist", "models/long_tail.py")],
-            [("_local_scalar_dense", "losses/long_tail.py"), ("tolist", "models/long_tail.py")],
+            [("tolist", "tasks/long_tail/models.py")],
+            [
+                ("_local_scalar_dense", "tasks/long_tail/losses.py"),
+                ("tolist", "tasks/long_tail/models.py"),
+            ],
         )
     assert temporal.switched_at_epoch == 1
     if crt is not None:

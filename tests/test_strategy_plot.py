@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mtl import MultiObjectiveMixin, per_class_objectives
 from lightning_mtl.callbacks import TemporalMOO
-from lightning_mtl.losses import per_class_loss_std, variability_collapse_loss
 from lightning_mtl.strategies import PLOT
 from lightning_mtl.strategies.plot import class_preference
+from lightning_mtl.tasks.long_tail import per_class_loss_std, variability_collapse_loss
 
 NUM_CLASSES = 4
 INPUTS = torch.randn(24, 5, generator=torch.Generator().manual_seed(0))

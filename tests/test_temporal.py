@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from lightning_mtl.callbacks import TemporalMOO
 from lightning_mtl.callbacks.temporal import PAPER_EPOCH_CHOICES
-from lightning_mtl.data import EpochSeededRandomSampler
 from lightning_mtl.strategies import RGB
+from lightning_mtl.tasks.common import EpochSeededRandomSampler
 
 
 class Snapshots(pl.Callback):

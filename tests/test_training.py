@@ -24,9 +24,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mtl.callbacks import GradientAngleLogger, WarmupThenSwitch
-from lightning_mtl.data import EpochSeededRandomSampler
 from lightning_mtl.engine.geometry import degrees
 from lightning_mtl.strategies import PGI, RGB, GradientBalancingStrategy
+from lightning_mtl.tasks.common import EpochSeededRandomSampler
 
 
 def test_pgi_step_is_alpha_g_s_plus_one_minus_alpha_g_u() -> None:

@@ -1,8 +1,8 @@
-"""Callbacks: gradient angles, strategy phases (warm-up, PLOT's temporal MOO), equilibrium, and
-cRT's classifier re-training."""
+"""Generic callbacks: gradient angles, strategy phases (warm-up, PLOT's temporal MOO) and
+equilibrium diagnostics. Domain callbacks (e.g. cRT's classifier re-training) live in their slice
+under :mod:`lightning_mtl.tasks`."""
 
 from lightning_mtl.callbacks.base import ObjectiveGradientCallback
-from lightning_mtl.callbacks.crt import ClassifierRetraining
 from lightning_mtl.callbacks.equilibrium import EquilibriumMonitor
 from lightning_mtl.callbacks.gradient_angles import GradientAngleLogger, cosine_heatmap
 from lightning_mtl.callbacks.switch import StrategySwitch
@@ -10,7 +10,6 @@ from lightning_mtl.callbacks.temporal import TemporalMOO
 from lightning_mtl.callbacks.warmup import WarmupThenSwitch
 
 __all__ = [
-    "ClassifierRetraining",
     "EquilibriumMonitor",
     "GradientAngleLogger",
     "ObjectiveGradientCallback",

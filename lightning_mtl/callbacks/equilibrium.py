@@ -12,7 +12,8 @@ from lightning_mtl.engine.geometry import equilibrium_terms
 
 
 class EquilibriumMonitor(ObjectiveGradientCallback):
-    """Every ``every_n_steps`` steps, log RGB's equilibrium diagnostics (seed 003, A.8).
+    """Every ``every_n_steps`` steps, log the equilibrium diagnostics of the RGB paper (appendix
+    A.8).
 
     Logged as ``mer/conflict``, ``mer/proximity``, ``mer/condition_number`` and
     ``mer/balance`` (per step and per-epoch mean), computed from the per-objective gradients of

@@ -23,8 +23,8 @@ class GradientAngleLogger(ObjectiveGradientCallback):
     Logged, for each pair of objectives ``a``, ``b``: ``angle/a~b`` (degrees) and ``cos/a~b``;
     for each objective and the applied update (the balanced gradient written to ``.grad``):
     ``angle/a~update``. Each is logged per step and as its per-epoch mean (the ``_epoch``
-    suffix), which is the measure seed 000's table 4 reports. At each epoch end, a heatmap of the
-    mean pairwise cosines goes to TensorBoard when a ``TensorBoardLogger`` is in use, and the
+    suffix), which is the measure the PGI paper's table 4 reports. At each epoch end, a heatmap of
+    the mean pairwise cosines goes to TensorBoard when a ``TensorBoardLogger`` is in use, and the
     epoch's mean angles are appended to :attr:`history`.
 
     With more than ``max_pairs`` pairs (T = 40 objectives have 780), the per-pair and per-objective

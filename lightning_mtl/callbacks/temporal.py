@@ -7,14 +7,14 @@ from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.linear_scalarization import LinearScalarization
 
 PAPER_EPOCH_CHOICES = (10, 30, 50, 80)
-"""The early-stop epochs E that PLOT searches (seed 002, appendix: E from {10, 30, 50, 80};
+"""The early-stop epochs E that PLOT searches (the PLOT paper's appendix: E from {10, 30, 50, 80};
 the authors' configs use 20 / 50 / 80 for CIFAR-10-LT at imbalance 50 / 100 / 200 and 30 for
 CIFAR-100-LT)."""
 
 
 class TemporalMOO(StrategySwitch):
     """The configured multi-objective strategy for the first ``epochs`` epochs, then plain
-    training on the sum of the objectives (PLOT's SFE → TSO early stop, seed 002 §4.1).
+    training on the sum of the objectives (PLOT's SFE → TSO early stop, §4.1 of the PLOT paper).
 
     During shared feature extraction (SFE) the strategy balances the objectives (e.g. CAGrad
     over per-class objectives from :func:`~lightning_mtl.per_class_objectives`, whose sum is the

@@ -51,7 +51,7 @@ def degrees(cosines: Tensor) -> Tensor:
 
 
 def equilibrium_terms(original: Tensor, adjusted: Tensor) -> dict[str, Tensor]:
-    """The multi-task equilibrium diagnostics of RGB (seed 003, appendix A.8, eq. 3-6).
+    """The multi-task equilibrium diagnostics of the RGB paper (appendix A.8, eq. 3-6).
 
     * ``conflict``: mean over pairs of ``(1 − cos(r_i, r_j)) / 2`` of the adjusted gradients.
     * ``proximity``: mean of ``‖r̂_i − ḡ_i‖² / 4`` between unit adjusted and unit original ones.

@@ -36,7 +36,9 @@ def annealed_alpha(t: float, total: float, alpha_max: float, alpha_min: float) -
 
 
 class PGI(GradientBalancingStrategy):
-    """Pareto-guided gradient interference (PGI), the Pareto-annealing update of seed 000 §3.2.
+    """Pareto-guided gradient interference (PGI), the Pareto-annealing update of §3.2 of
+    "PGI: Pareto-Guided Gradient Interference for Generalized Category Discovery" (anonymous,
+    under review; "the PGI paper" below).
 
     The update is ``α_t ∇L_s + (1 − α_t) ∇L_u`` (eq. 2), with ``L_s`` the classification
     objective, ``L_u`` the representation objective and ``α_t`` cosine-annealed from
@@ -44,7 +46,7 @@ class PGI(GradientBalancingStrategy):
     combination, it costs one backward pass; no per-objective gradient is computed.
 
     The schedule counts from the first step on which PGI is used, so that behind
-    :class:`~lightning_mtl.callbacks.WarmupThenSwitch` it starts after the warm-up (seed 000
+    :class:`~lightning_mtl.callbacks.WarmupThenSwitch` it starts after the warm-up (the PGI paper
     appendix A.2: "PGI is only employed after the warm-up phase"). ``T`` defaults to what is left
     of the Trainer's run at that point.
 

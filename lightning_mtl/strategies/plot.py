@@ -34,13 +34,14 @@ def class_preference(class_counts: Sequence[int]) -> list[float]:
 
 
 class PLOT(CAGrad):
-    """Pareto deep long-tailed recognition (Zhou et al., ICLR 2024; seed 002): every class is a
-    task, CAGrad balances the per-class gradients of a layer subset, and the step anticipates the
-    worst case with a SAM perturbation.
+    """PLOT, from Zhou, Liu, Zhao & Gong, "Pareto Deep Long-Tailed Recognition: A Conflict-Averse
+    Solution", ICLR 2024 ("the PLOT paper" below): every class is a task, CAGrad balances the
+    per-class gradients of a layer subset, and the step anticipates the worst case with a SAM
+    perturbation.
 
     Use with objectives from :func:`~lightning_mtl.per_class_objectives` (optionally plus the
-    per-class variability-collapse terms of :mod:`lightning_mtl.losses.variability`), a scope
-    naming the layers PLOT balances (the paper's appendix: the last stage is best, e.g.
+    per-class variability-collapse terms of :mod:`lightning_mtl.tasks.long_tail.variability`), a
+    scope naming the layers PLOT balances (the paper's appendix: the last stage is best, e.g.
     ``scope=["layer3"]`` on ResNet-32), and :class:`~lightning_mtl.callbacks.TemporalMOO` to stop
     after ``E`` epochs. Each step then runs, in the mixin:
 
@@ -71,8 +72,8 @@ class PLOT(CAGrad):
 
     Objective names must be ``f"{prefix}{c}"`` for class ``c``, or ``f"{prefix}{a}+{b}+…"`` for
     an objective pooling several classes (the class sampling of
-    :class:`~lightning_mtl.models.LongTailClassifier`'s ``max_moo_classes``; its preference is
-    the sum of theirs). Objectives may cover only the classes present in the batch (absent
+    :class:`~lightning_mtl.tasks.long_tail.LongTailClassifier`'s ``max_moo_classes``; its preference
+    is the sum of theirs). Objectives may cover only the classes present in the batch (absent
     classes have zero gradients, which would pull the min-norm point to zero), so the preference
     is built for the names of each step.
 

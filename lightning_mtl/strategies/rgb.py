@@ -18,7 +18,9 @@ from lightning_mtl.strategies.base import (
 
 
 class RGB(GradientBalancingStrategy):
-    """Rotation-based gradient balancing (RGB, seed 003, Algorithm 1).
+    """Rotation-based gradient balancing (RGB), Algorithm 1 of "Preserving Gradient Harmony: A
+    Rotation-Based Gradient Balancing for Multi-Task Conflict Remedy" (anonymous, under review;
+    "the RGB paper" below).
 
     Each task gradient is normalised (``ḡ_i = g_i / (‖g_i‖ + ε)``); their mean ``y`` updates an
     EMA direction ``d_t = μ d_{t−1} + (1 − μ) y / (‖y‖ + ε)``; each ``ḡ_i`` is rotated in the
