@@ -206,6 +206,15 @@ class MultiObjectiveMixin:
             )
         return strategy
 
+    def reset_balancing_scope(self) -> None:
+        """Forget which parameters form the balanced scope, so that the next step finds them anew.
+
+        The mixin works them out once per set of objective names; call this after freezing or
+        unfreezing parameters (as cRT's :class:`~lightning_mtl.tasks.long_tail.ClassifierRetraining`
+        does).
+        """
+        self._scope_cache.clear()
+
     # --- Lightning hooks -------------------------------------------------------------------
 
     def on_fit_start(self) -> None:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_mtl.callbacks.base import SHARED_SCOPE, ObjectiveGradientCallback
 from lightning_mtl.engine.geometry import cosine_matrix, cosines_to, degrees
 from lightning_mtl.engine.scope import submodule_parameters
+from lightning_mtl.extras import missing_extra_error, optional_import
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class GradientAngleLogger(ObjectiveGradientCallback):
@@ -42,7 +46,8 @@ class GradientAngleLogger(ObjectiveGradientCallback):
         scope: submodule names whose parameters are measured (e.g. the last transformer block);
             ``None`` measures the balanced scope.
         log_update: also log each objective's angle to the applied update.
-        heatmap: log the pairwise-cosine heatmap at each epoch end.
+        heatmap: log the pairwise-cosine heatmap at each epoch end; ``None`` (default): when
+            matplotlib is installed (``pip install "lightning-mtl[plots]"``).
         max_pairs: the most pairs logged one by one; beyond it, summaries (see above); 0 always
             logs the summaries.
 
@@ -58,7 +63,7 @@ class GradientAngleLogger(ObjectiveGradientCallback):
         every_n_steps: int = 50,
         scope: Sequence[str] | None = None,
         log_update: bool = True,
-        heatmap: bool = True,
+        heatmap: bool | None = None,
         max_pairs: int = 45,
     ) -> None:
         if max_pairs < 0:
@@ -70,7 +75,10 @@ class GradientAngleLogger(ObjectiveGradientCallback):
         self.every_n_steps = every_n_steps
         self.scope = list(scope) if scope is not None else None
         self.log_update = log_update
-        self.heatmap = heatmap
+        has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+        if heatmap and not has_matplotlib:
+            raise missing_extra_error("plots", ["matplotlib"])
+        self.heatmap = has_matplotlib if heatmap is None else heatmap
         self.max_pairs = max_pairs
         self.scope_key = SHARED_SCOPE if scope is None else "angles:" + ",".join(scope)
         self.history: list[dict[str, float]] = []
@@ -199,8 +207,9 @@ def cosine_heatmap(names: Sequence[str], cosines: Tensor) -> Figure:
         >>> figure.axes[0].get_title()
         'Mean gradient cosine'
     """
+    figure_module = optional_import("matplotlib.figure", "plots")
     size = 2.0 + 0.5 * len(names)
-    figure = Figure(figsize=(size + 1.0, size))
+    figure = figure_module.Figure(figsize=(size + 1.0, size))
     axes = figure.add_subplot()
     image = axes.imshow(cosines.numpy(), cmap="RdBu", vmin=-1.0, vmax=1.0)
     axes.set_xticks(range(len(names)), labels=list(names), rotation=45, ha="right")

@@ -9,6 +9,8 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_mtl.extras import optional_import
+
 Labels = Sequence[int] | np.ndarray | Tensor
 
 CIFAR_LAYOUT = {
@@ -69,8 +71,7 @@ def load_cifar(root: Path, dataset: str, train: bool, transform: object = None) 
         FileNotFoundError: naming the expected layout when a file is missing.
         RuntimeError: when the files fail torchvision's MD5 check.
     """
-    from torchvision import datasets
-
+    datasets = optional_import("torchvision.datasets", "all")
     folder, files, _ = CIFAR_LAYOUT[dataset]
     base = root / folder
     name = "CIFAR10" if dataset == "cifar10" else "CIFAR100"

@@ -2,7 +2,7 @@
 accuracy, the digits / CIFAR / SSB (CUB, Stanford Cars, FGVC-Aircraft, Herbarium19) splits, and the
 embedded default recipe's model. Needs ``pip install "lightning-mtl[gcd]"``."""
 
-from lightning_mtl.tasks.extras import require
+from lightning_mtl.extras import require
 
 require("gcd", "sklearn", "scipy")
 

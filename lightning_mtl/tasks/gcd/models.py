@@ -16,6 +16,7 @@ from rich.progress import Progress
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_mtl.extras import optional_import
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
 from lightning_mtl.objectives import ObjectiveGroups
 from lightning_mtl.strategies.base import GradientBalancingStrategy
@@ -95,8 +96,7 @@ def timm_backbone(
         >>> vit.num_features
         192
     """
-    import timm
-
+    timm = optional_import("timm", "gcd")
     options: dict[str, Any] = {"num_classes": 0}
     if weights is not None:
         if not Path(weights).is_file():

@@ -3,7 +3,7 @@
 variability collapse, Many / Medium / Few accuracy. Needs
 ``pip install "lightning-mtl[long_tail]"``."""
 
-from lightning_mtl.tasks.extras import require
+from lightning_mtl.extras import require
 
 require("long_tail", "sklearn")
 

@@ -12,6 +12,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
 
+from lightning_mtl.mixin import MultiObjectiveMixin
+from lightning_mtl.tasks.long_tail.resnet_cifar import NormalizedLinear
+
 
 class ClassifierRetraining(Callback):
     """Classifier re-training (cRT, Kang et al., ICLR 2020) from epoch ``epoch`` on: the
@@ -183,10 +186,8 @@ class ClassifierRetraining(Callback):
         )
         for module in self._frozen_batchnorms:
             module.eval()
-        # The mixin caches which parameters it differentiates; they changed.
-        cache = getattr(pl_module, "_scope_cache", None)
-        if isinstance(cache, dict):
-            cache.clear()
+        if isinstance(pl_module, MultiObjectiveMixin):
+            pl_module.reset_balancing_scope()  # the trainable parameters changed
         if self.switched_at_epoch is None:
             if self.reinit:
                 _reinitialise(classifier, self.seed)
@@ -203,10 +204,6 @@ def _reinitialise(classifier: nn.Module, seed: int) -> None:
     """PyTorch's default initialisation of every layer of ``classifier``, drawn from the global
     generators forked and seeded with ``seed`` (so a resumed run draws the same weights and the
     run's own random stream is untouched)."""
-    from lightning_mtl.tasks.long_tail.resnet_cifar import (
-        NormalizedLinear,  # models import callbacks
-    )
-
     devices = sorted(
         {p.device.index or 0 for p in classifier.parameters() if p.device.type == "cuda"}
     )

@@ -19,6 +19,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, Sampler, Subset, TensorDataset
 
+from lightning_mtl.extras import optional_import
 from lightning_mtl.tasks.common.datamodule import SplitDataModule
 from lightning_mtl.tasks.common.files import (
     CIFAR_LAYOUT,
@@ -412,8 +413,7 @@ class CIFARLongTailDataModule(_LongTailDataModule):
         """
         if self.train_dataset is not None:
             return
-        from torchvision import transforms
-
+        transforms = optional_import("torchvision.transforms", "long_tail")
         normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
         train_transform = transforms.Compose(
             [

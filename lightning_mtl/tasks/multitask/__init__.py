@@ -1,7 +1,7 @@
 """Multi-task learning: multi-digits (embedded), CelebA's 40 attributes and NYUv2's three dense
 tasks, Δm% and mean rank. Needs ``pip install "lightning-mtl[multitask]"``."""
 
-from lightning_mtl.tasks.extras import require
+from lightning_mtl.extras import require
 
 require("multitask", "sklearn", "PIL")
 

@@ -27,6 +27,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from lightning_mtl.extras import optional_import
 from lightning_mtl.tasks.common.datamodule import SplitDataModule
 from lightning_mtl.tasks.common.files import (
     CIFAR_NUM_CLASSES,
@@ -249,8 +250,7 @@ def gcd_transforms(
         >>> evaluate.transforms[0].size  # int(16 / 0.875)
         18
     """
-    from torchvision import transforms
-
+    transforms = optional_import("torchvision.transforms", "gcd")
     check_int("image_size", image_size, 1)
     jitter = tuple(float(value) for value in color_jitter)
     if len(jitter) != 4:

@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
+from lightning_mtl.extras import optional_import
 from lightning_mtl.tasks.common.files import check_int
 from lightning_mtl.tasks.gcd.data.splits import GCDDataModule, gcd_transforms
 
@@ -63,8 +64,7 @@ class _ImageFiles:
         self.paths = list(paths)
 
     def __call__(self, index: int) -> Any:
-        from PIL import Image
-
+        Image = optional_import("PIL.Image", "gcd")
         with Image.open(self.paths[index]) as image:
             return image.convert("RGB")
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_mtl.extras import optional_import
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
 from lightning_mtl.objectives import Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
@@ -92,8 +93,7 @@ def celeba_trunk(name: TrunkName, width: int = 16) -> tuple[nn.Module, int]:
         small = SmallCelebATrunk(width)
         return small, small.feature_dim
     if name == "resnet18":
-        from torchvision.models import resnet18
-
+        resnet18 = optional_import("torchvision.models", "multitask").resnet18
         resnet = resnet18(weights=None)
         feature_dim = resnet.fc.in_features
         resnet.avgpool = GlobalAveragePool()  # type: ignore[assignment]

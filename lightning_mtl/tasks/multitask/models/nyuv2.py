@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from lightning_mtl.extras import optional_import
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
 from lightning_mtl.objectives import Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
@@ -405,8 +406,7 @@ class DilatedResNet50Encoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from torchvision.models import resnet50
-
+        resnet50 = optional_import("torchvision.models", "multitask").resnet50
         resnet = resnet50(weights=None, replace_stride_with_dilation=[False, True, True])
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layers = nn.Sequential(resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)

@@ -1,4 +1,5 @@
-"""The optional dependencies of the domain slices, and the error that names the extra to install."""
+"""Optional dependencies (the domain slices', plotting), and the error that names the extra to
+install."""
 
 from __future__ import annotations
 
