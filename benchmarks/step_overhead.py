@@ -61,9 +61,9 @@ from lightning_mtl.callbacks import GradientAngleLogger
 from lightning_mtl.strategies import (
     PGI,
     GradientBalancingStrategy,
+    JacobianBatch,
+    JacobianStrategy,
     LinearScalarization,
-    ObjectiveBatch,
-    Requirement,
 )
 
 CONFIGS = (
@@ -188,17 +188,14 @@ class MixinModule(MultiObjectiveMixin, pl.LightningModule):
         return make_optimizer(self.parameters())
 
 
-class MeanOfJacobianRows(GradientBalancingStrategy):
+class MeanOfJacobianRows(JacobianStrategy):
     """Needs the full per-objective Jacobian of the scope; returns its mean row.
 
     The combination is trivial on purpose, so that the measured cost is the engine's (the
     per-objective gradients of every shared parameter), not a solver's.
     """
 
-    requirement = Requirement.JACOBIAN
-
-    def direction(self, batch: ObjectiveBatch) -> Tensor:
-        assert batch.jacobian is not None
+    def direction(self, batch: JacobianBatch) -> Tensor:
         return batch.jacobian.mean(dim=0)
 
 

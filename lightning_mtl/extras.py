@@ -4,7 +4,6 @@ install."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from types import ModuleType
 
 _DISTRIBUTIONS = {
@@ -34,14 +33,19 @@ def missing_extra_error(extra: str, modules: list[str]) -> ModuleNotFoundError:
 
 
 def require(extra: str, *modules: str) -> None:
-    """Raise :func:`missing_extra_error` unless every top-level module in ``modules`` is
-    installed.
+    """Raise :func:`missing_extra_error` unless every module in ``modules`` imports (the slice
+    imports them next anyway).
 
     Example::
 
         >>> require("gcd", "math")
     """
-    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         raise missing_extra_error(extra, missing)
 

@@ -11,9 +11,14 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_mtl.callbacks.base import SHARED_SCOPE, ObjectiveGradientCallback
 from lightning_mtl.engine.balance import Backend, GradientEngine, ObjectiveGradients, Scope
-from lightning_mtl.engine.scope import shared_parameters, submodule_parameters, used_parameters
+from lightning_mtl.engine.observers import GradientObserver
+from lightning_mtl.engine.scope import (
+    outline,
+    shared_parameters,
+    submodule_parameters,
+    used_parameters,
+)
 from lightning_mtl.engine.sharpness import Perturbation, perturb
 from lightning_mtl.objectives import (
     ObjectiveGroups,
@@ -23,6 +28,7 @@ from lightning_mtl.objectives import (
     combine,
 )
 from lightning_mtl.strategies.base import GradientBalancingStrategy, TrainingProgress
+from lightning_mtl.strategies.sharpness_aware import SharpnessAware
 
 ScopeSpec = Literal["shared", "representation"] | Sequence[str]
 
@@ -86,10 +92,6 @@ class MultiObjectiveMixin:
                 "LightningModule's hooks would hide the mixin's; put the mixin first: "
                 f"class {cls.__name__}(MultiObjectiveMixin, LightningModule)."
             )
-
-    objective_pass: str = "balance"
-    """Which pass ``compute_objectives`` serves: ``"balance"``, or ``"perturb"`` for the first
-    pass of a sharpness-aware strategy (PLOT: the base method's loss, e.g. with mixup)."""
 
     balancing_strategy: GradientBalancingStrategy | None = None
     balancing_override: GradientBalancingStrategy | None = None
@@ -182,6 +184,17 @@ class MultiObjectiveMixin:
             f"{type(self).__name__} must implement compute_objectives(batch, batch_idx)."
         )
 
+    def compute_perturbation_objectives(
+        self, batch: Any, batch_idx: int
+    ) -> Mapping[str, Tensor] | Objectives:
+        """The losses whose summed gradient sets a sharpness-aware strategy's perturbation
+        (:class:`~lightning_mtl.strategies.SharpnessAware`, :class:`~lightning_mtl.strategies.PLOT`)
+        and trains the parameters outside the balanced scope; by default
+        :meth:`compute_objectives`. Override it when the perturbing pass uses another loss (PLOT
+        on a base method with mixup: the mixed-up base loss, while the balanced pass uses the
+        per-class objectives)."""
+        return self.compute_objectives(batch, batch_idx)
+
     @property
     def automatic_optimization(self) -> bool:
         """Always ``False``: the mixin steps the optimizer itself."""
@@ -238,10 +251,12 @@ class MultiObjectiveMixin:
         strategy = self.active_balancing_strategy
         optimizer = module.optimizers()
         optimizer.zero_grad(set_to_none=True)
+        self.objective_gradients = {}
         perturbation = None
-        if strategy.sam_radius is not None:
-            perturbation = self._sharpness_aware_perturbation(batch, batch_idx, strategy.sam_radius)
-        self.objective_pass = "balance"
+        balancer = strategy
+        if isinstance(strategy, SharpnessAware):
+            perturbation = self._sharpness_aware_perturbation(batch, batch_idx, strategy.rho)
+            balancer = strategy.inner
         output = self.compute_objectives(batch, batch_idx)
         losses = check_losses(output)
         representation = output.representation if isinstance(output, Objectives) else None
@@ -259,10 +274,10 @@ class MultiObjectiveMixin:
         observers = [
             callback
             for callback in trainer.callbacks
-            if isinstance(callback, ObjectiveGradientCallback)
+            if isinstance(callback, GradientObserver)
             and callback.wants_objective_gradients(trainer, module)
         ]
-        needs_scope = strategy.requirement.value != "losses" or any(
+        needs_scope = balancer.requirement.value != "losses" or any(
             callback.objective_gradient_parameters(module) is None for callback in observers
         )
         if perturbation is not None:
@@ -275,7 +290,7 @@ class MultiObjectiveMixin:
         self.objective_gradients = self.gradient_engine.step(
             names,
             objectives,
-            strategy,
+            balancer,
             scope,
             self._progress(),
             self._backend(),
@@ -283,9 +298,10 @@ class MultiObjectiveMixin:
                 callback.scope_key: callback.objective_gradient_parameters(module)
                 for callback in observers
             },
+            keep_edited=any(callback.wants_edited_gradients for callback in observers),
         )
         if perturbation is not None:
-            perturbation.undo(getattr(strategy, "keep_perturbation", 0.0))
+            perturbation.undo(strategy.keep if isinstance(strategy, SharpnessAware) else 0.0)
             perturbation.write_other_grads()
         optimizer.step()
         self._step_schedulers("step")
@@ -325,18 +341,17 @@ class MultiObjectiveMixin:
     def _sharpness_aware_perturbation(
         self, batch: Any, batch_idx: int, radius: float
     ) -> Perturbation:
-        """First pass of a sharpness-aware step: the loss of ``objective_pass == "perturb"``
-        moves the scope to its worst-case neighbour (see :func:`~lightning_mtl.engine.sharpness
-        .perturb`)."""
+        """First pass of a sharpness-aware step: the sum of
+        :meth:`compute_perturbation_objectives` moves the scope to its worst-case neighbour (see
+        :func:`~lightning_mtl.engine.sharpness.perturb`)."""
         module: Any = self
         if isinstance(self.balancing_scope, str):
             raise ValueError(
-                "a sharpness-aware strategy (e.g. PLOT) perturbs named layers: pass "
-                "configure_balancing(..., scope=['layer3']) rather than "
-                f"scope={self.balancing_scope!r}."
+                "a sharpness-aware strategy (e.g. PLOT) perturbs named submodules: pass "
+                "configure_balancing(..., scope=[...]) with some of this model's submodules "
+                f"{outline(module)}, rather than scope={self.balancing_scope!r}."
             )
-        self.objective_pass = "perturb"
-        losses = check_losses(self.compute_objectives(batch, batch_idx))
+        losses = check_losses(self.compute_perturbation_objectives(batch, batch_idx))
         total = torch.stack([loss.float() for loss in losses.values()]).sum()
         module.log("train/perturb_loss", total.detach())
         scope = submodule_parameters(module, self.balancing_scope)
@@ -399,7 +414,7 @@ class MultiObjectiveMixin:
             if self.balancing_scope == "representation":
                 assert representation is not None
                 inner = used_parameters([representation], trainable)
-            elif self.balancing_scope == SHARED_SCOPE:
+            elif self.balancing_scope == "shared":
                 inner = shared_parameters(objectives, trainable)
                 if not inner:
                     raise ValueError(

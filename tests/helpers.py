@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
@@ -13,27 +14,27 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mtl import MultiObjectiveMixin, Objectives
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import (
+    GradientBalancingStrategy,
+    GramianBatch,
+    GramianWeighting,
+    JacobianBatch,
+    JacobianStrategy,
+)
 
 
-class UnitRowMean(GradientBalancingStrategy):
+class UnitRowMean(JacobianStrategy):
     """Mean of the unit-normalised rows: a Jacobian strategy that is nonlinear in the rows."""
 
-    requirement = Requirement.JACOBIAN
-
-    def direction(self, batch: ObjectiveBatch) -> Tensor:
-        assert batch.jacobian is not None
+    def direction(self, batch: JacobianBatch) -> Tensor:
         rows = batch.jacobian
         return (rows / rows.norm(dim=1, keepdim=True)).mean(0)
 
 
-class InverseNormWeights(GradientBalancingStrategy):
+class InverseNormWeights(GramianWeighting):
     """Weights 1/‖g_t‖ from the Gramian's diagonal: a Gramian strategy, nonlinear in the scale."""
 
-    requirement = Requirement.GRAMIAN
-
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        assert batch.gramian is not None
+    def weights(self, batch: GramianBatch) -> Tensor:
         return batch.gramian.diagonal().rsqrt()
 
 
@@ -142,7 +143,8 @@ def strategy_catalogue() -> dict[str, Callable[[], GradientBalancingStrategy]]:
         for name in catalogue.__all__
         if isinstance(getattr(catalogue, name), type)
         and issubclass(getattr(catalogue, name), GradientBalancingStrategy)
-        and getattr(catalogue, name) is not GradientBalancingStrategy
+        and not inspect.isabstract(getattr(catalogue, name))
+        and getattr(catalogue, name) is not catalogue.SharpnessAware  # a wrapper: see PLOT
     }
     factories["PLOT"] = lambda: catalogue.PLOT(class_counts=[10, 1])
     return factories
@@ -157,7 +159,7 @@ def engine_steps(
     """``steps`` engine steps of ``strategy`` on TwoHeadNet; the last one runs inside
     ``watch_last()`` (e.g. a host-synchronisation check: the earlier steps may build state)."""
     from lightning_mtl.engine import Backend, GradientEngine, Scope
-    from lightning_mtl.strategies import PLOT, TrainingProgress
+    from lightning_mtl.strategies import PLOT, SharpnessAware, TrainingProgress
 
     net = TwoHeadNet().to(device)
     x, y = (t.to(device) for t in DATA.tensors)
@@ -169,12 +171,14 @@ def engine_steps(
     backend = Backend(loss_scale=torch.full((), 1024.0, device=device))
     engine = GradientEngine()
     strategy.setup(names)
+    # The mixin balances a wrapper's inner strategy (and perturbs the weights around it).
+    balancer = strategy.inner if isinstance(strategy, SharpnessAware) else strategy
     for step in range(steps):
         net.zero_grad(set_to_none=True)
         objectives = torch.stack(list(net.losses(x, y).values()))
         progress = TrainingProgress(step=step, total_steps=10, total_epochs=1)
         with watch_last() if step == steps - 1 else nullcontext():
-            engine.step(names, objectives, strategy, scope, progress, backend)
+            engine.step(names, objectives, balancer, scope, progress, backend)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 

@@ -16,21 +16,22 @@ from torch.utils.data import DataLoader
 
 from lightning_mtl.strategies.base import (
     GradientBalancingStrategy,
-    ObjectiveBatch,
+    LossBatch,
+    LossWeighting,
     TrainingProgress,
 )
 from lightning_mtl.tasks.common import EpochSeededRandomSampler
 
-Calls = list[tuple[ObjectiveBatch, Tensor]]
+Calls = list[tuple[LossBatch, Tensor]]
 Strategy = TypeVar("Strategy", bound=GradientBalancingStrategy)
 
 
-def record_weights(strategy: GradientBalancingStrategy) -> Calls:
+def record_weights(strategy: LossWeighting) -> Calls:
     """Record the batch and the returned weights of every ``weights()`` call."""
     calls: Calls = []
     original = strategy.weights
 
-    def recording(batch: ObjectiveBatch) -> Tensor:
+    def recording(batch: LossBatch) -> Tensor:
         weights = original(batch)
         calls.append((batch, weights.clone()))
         return weights
@@ -58,7 +59,7 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 
 def call(
-    strategy: GradientBalancingStrategy,
+    strategy: LossWeighting,
     losses: list[float],
     step: int = 0,
     epoch: int = 0,
@@ -68,10 +69,10 @@ def call(
     strategy.setup(names)
     progress = TrainingProgress(step=step, epoch=epoch)
     values = torch.tensor(losses).to(device)
-    return strategy.weights(ObjectiveBatch(names, values, progress=progress))
+    return strategy(LossBatch(names=names, losses=values, progress=progress))
 
 
-def assert_no_host_reads(strategy: GradientBalancingStrategy) -> None:
+def assert_no_host_reads(strategy: LossWeighting) -> None:
     """Meta tensors have no values, so reading one on the host (``.item()``, ``if tensor``,
     ``.tolist()``) raises: the steps below would synchronise on a GPU if they did."""
     for step in range(6):

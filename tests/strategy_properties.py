@@ -17,7 +17,7 @@ from torch import Tensor
 from lightning_mtl.strategies._gradient_surgery import others_in_random_order
 from lightning_mtl.strategies.base import (
     GradientBalancingStrategy,
-    ObjectiveBatch,
+    GramianBatch,
     TrainingProgress,
     step_generator,
 )
@@ -125,7 +125,7 @@ def check_non_finite_and_overflow(
 def check_float32_weights(make: StrategyFactory) -> None:
     """The weights of a float32 Gramian are float32."""
     matrix = jacobian(3, 8, seed=2)
-    batch = ObjectiveBatch(names=("a", "b", "c"), gramian=matrix @ matrix.T)
+    batch = GramianBatch(names=("a", "b", "c"), losses=torch.ones(3), gramian=matrix @ matrix.T)
     assert make().weights(batch).dtype == torch.float32
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_mtl import MultiObjectiveMixin, NonFiniteObjectiveError
 from lightning_mtl.callbacks import GradientAngleLogger, WarmupThenSwitch
 from lightning_mtl.strategies import PGI, LinearScalarization
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import GradientBalancingStrategy, JacobianBatch, JacobianStrategy
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers.*",
@@ -69,14 +69,11 @@ class TinyModule(MultiObjectiveMixin, pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-class SumOfRows(GradientBalancingStrategy):
+class SumOfRows(JacobianStrategy):
     """A Jacobian strategy (so the mixin must resolve the scope): the plain sum of the rows."""
 
-    requirement = Requirement.JACOBIAN
-
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        assert batch.jacobian is not None
-        return torch.ones(batch.num_objectives, dtype=batch.jacobian.dtype)
+    def direction(self, batch: JacobianBatch) -> Tensor:
+        return batch.jacobian.sum(dim=0)
 
 
 DATA = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))

@@ -63,7 +63,11 @@ def test_pgi_constant_alpha_and_logging() -> None:
     torch.testing.assert_close(
         pgi.aggregate(jacobian, names=["cls", "rep"]), torch.tensor([0.7, 1.3])
     )
-    assert pgi.log_values() == {"alpha": 0.35}
+    assert pgi.log_values() == {
+        "alpha": 0.35,
+        "weight/cls": torch.tensor(0.35),
+        "weight/rep": torch.tensor(0.65),
+    }
 
 
 @pytest.mark.parametrize(

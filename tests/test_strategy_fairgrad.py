@@ -19,7 +19,7 @@ from strategy_properties import (
 from test_strategy_nash_mtl import SOLVABLE, reference_bargaining
 from torch import Tensor
 
-from lightning_mtl.strategies import ObjectiveBatch
+from lightning_mtl.strategies import GramianBatch, GramianWeighting
 from lightning_mtl.strategies._bargaining import solve_bargaining
 from lightning_mtl.strategies.fairgrad import FairGrad
 from lightning_mtl.strategies.nash_mtl import NashMTL
@@ -29,7 +29,9 @@ ALPHAS = (0.5, 1.0, 2.0, 5.0)
 
 def _weights(strategy: FairGrad, rows: Tensor) -> Tensor:
     names = tuple(str(i) for i in range(len(rows)))
-    return strategy.weights(ObjectiveBatch(names=names, jacobian=rows, gramian=rows @ rows.T))
+    return strategy.weights(
+        GramianBatch(names=names, losses=torch.ones(len(names)), gramian=rows @ rows.T)
+    )
 
 
 def _cases() -> list[tuple[str, int]]:
@@ -64,7 +66,7 @@ def test_alpha_one_is_nash_mtl(kind: str) -> None:
         _weights(FairGrad(alpha=1.0, max_norm=None), rows),
         6
         * NashMTL(max_norm=None).weights(
-            ObjectiveBatch(names=tuple("abcdef"), jacobian=rows, gramian=rows @ rows.T)
+            GramianBatch(names=tuple("abcdef"), losses=torch.ones(6), gramian=rows @ rows.T)
         ),
         rtol=1e-6,
         atol=0,
@@ -137,8 +139,7 @@ def test_argument_checks(kwargs: dict, message: str) -> None:
 
 
 def test_needs_the_gramian_logs_weights_and_has_a_repr() -> None:
-    with pytest.raises(ValueError, match="Gramian"):
-        FairGrad().weights(ObjectiveBatch(names=("a",), losses=torch.ones(1)))
+    assert isinstance(FairGrad(), GramianWeighting)  # the engine hands it the Gramian
     fair = FairGrad(alpha=2.0, max_norm=None)
     fair.aggregate(torch.eye(2), names=["x", "y"])
     assert set(fair.log_values()) == {"weight/x", "weight/y"}
@@ -147,7 +148,11 @@ def test_needs_the_gramian_logs_weights_and_has_a_repr() -> None:
 
 def test_no_host_reads_of_tensor_values() -> None:
     """Meta tensors carry no values: any host read of one (``.item()``, ``bool``) would raise."""
-    batch = ObjectiveBatch(names=tuple("abcd"), gramian=torch.empty(4, 4, device="meta"))
+    batch = GramianBatch(
+        names=tuple("abcd"),
+        losses=torch.empty(4, device="meta"),
+        gramian=torch.empty(4, 4, device="meta"),
+    )
     assert FairGrad(alpha=2.0).weights(batch).device.type == "meta"
 
 

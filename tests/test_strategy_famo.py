@@ -111,7 +111,7 @@ def test_min_losses_must_name_objectives_and_losses_are_needed() -> None:
     with pytest.raises(ValueError, match=r"unknown objectives \['depth'\]"):
         FAMO(min_losses={"depth": 0.1}).setup(["cls", "rep"])
     assert_needs_losses(FAMO())
-    assert repr(FAMO()) == "FAMO(lr=0.025, gamma=0.001, min_losses={})"
+    assert repr(FAMO()) == "FAMO(lr=0.025, gamma=0.001, min_losses=None)"
 
 
 def test_lightning_run_logs_the_authors_weights() -> None:

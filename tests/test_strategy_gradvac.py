@@ -21,7 +21,7 @@ from strategy_properties import (
 from torch import Tensor
 
 from lightning_mtl.mixin import CHECKPOINT_KEY
-from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress
+from lightning_mtl.strategies import GradientSurgery, JacobianBatch, TrainingProgress
 from lightning_mtl.strategies.gradvac import GradVac
 from lightning_mtl.strategies.pcgrad import PCGrad
 
@@ -54,9 +54,14 @@ def reference_gradvac(
     return torch.stack(changed), targets
 
 
-def batch_of(rows: Tensor, step: int = 0, names: tuple[str, ...] | None = None) -> ObjectiveBatch:
+def batch_of(rows: Tensor, step: int = 0, names: tuple[str, ...] | None = None) -> JacobianBatch:
     names = names or tuple(str(i) for i in range(len(rows)))
-    return ObjectiveBatch(names=names, jacobian=rows, progress=TrainingProgress(step=step))
+    return JacobianBatch(
+        names=names,
+        losses=torch.ones(len(rows)),
+        jacobian=rows,
+        progress=TrainingProgress(step=step),
+    )
 
 
 def with_targets(targets: Tensor, names: list[str], **kwargs: float) -> GradVac:
@@ -141,7 +146,6 @@ def test_weights_give_the_direction_and_each_call_is_one_step() -> None:
     rows = jacobian(4, 80, seed=5)
     one, two = GradVac(beta=0.5), GradVac(beta=0.5)
     weights = one.weights(batch_of(rows))
-    assert one.computes_weights
     torch.testing.assert_close(weights @ rows, two.direction(batch_of(rows)))
     torch.testing.assert_close(one.targets, two.targets)
 
@@ -215,8 +219,7 @@ def test_arguments_are_checked() -> None:
         GradVac(beta=1.5)
     with pytest.raises(ValueError, match="seed must be an integer"):
         GradVac(seed="0")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="needs the jacobian"):
-        GradVac().direction(ObjectiveBatch(names=("a", "b"), losses=torch.ones(2)))
+    assert isinstance(GradVac(), GradientSurgery)  # the engine hands it the Jacobian
     assert repr(GradVac()) == "GradVac(beta=0.01, seed=0)"
 
 

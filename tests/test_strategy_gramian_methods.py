@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_mtl.strategies.aligned_mtl import AlignedMTL
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import GradientBalancingStrategy, GramianBatch, Requirement
 from lightning_mtl.strategies.cagrad import CAGrad
 from lightning_mtl.strategies.imtl_g import IMTLG
 from lightning_mtl.strategies.mgda import MGDA
@@ -92,7 +92,7 @@ def test_weights_make_no_host_synchronisation(make) -> None:  # type: ignore[no-
     names = ("a", "b", "c", "d")
     strategy = make()
     strategy.setup(names)
-    batch = ObjectiveBatch(names=names, losses=rows.sum(1).abs(), gramian=rows @ rows.T)
+    batch = GramianBatch(names=names, losses=rows.sum(1).abs(), gramian=rows @ rows.T)
     strategy.weights(batch)  # builds the cached device vectors
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

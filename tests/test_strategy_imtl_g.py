@@ -16,7 +16,7 @@ from strategy_properties import (
 )
 from torch import Tensor
 
-from lightning_mtl.strategies.base import ObjectiveBatch
+from lightning_mtl.strategies.base import GramianBatch
 from lightning_mtl.strategies.imtl_g import IMTLG
 
 
@@ -79,7 +79,9 @@ def test_a_negative_normalising_sum_keeps_the_projections_positive() -> None:
     assert float(projections.min()) > 0
     torch.testing.assert_close(projections, projections.mean().expand(3), rtol=1e-5, atol=0)
     assert_same_direction(direction, imtl_g_reference(matrix), matrix, 1e-5)
-    weights = IMTLG().weights(ObjectiveBatch(names=("a", "b", "c"), gramian=matrix @ matrix.T))
+    weights = IMTLG().weights(
+        GramianBatch(names=("a", "b", "c"), losses=torch.ones(3), gramian=matrix @ matrix.T)
+    )
     assert float(weights.sum()) == pytest.approx(-1.0, rel=1e-5)
 
 

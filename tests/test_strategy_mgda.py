@@ -19,7 +19,7 @@ from strategy_properties import (
 )
 from torch import Tensor
 
-from lightning_mtl.strategies.base import ObjectiveBatch
+from lightning_mtl.strategies.base import GramianBatch
 from lightning_mtl.strategies.mgda import MGDA
 
 
@@ -113,7 +113,9 @@ def test_zero_at_stationarity() -> None:
 
 def test_weights_lie_on_the_simplex() -> None:
     matrix = jacobian(6, 16, seed=5)
-    weights = MGDA().weights(ObjectiveBatch(names=tuple("abcdef"), gramian=matrix @ matrix.T))
+    weights = MGDA().weights(
+        GramianBatch(names=tuple("abcdef"), losses=torch.ones(6), gramian=matrix @ matrix.T)
+    )
     assert weights.dtype == torch.float32
     assert float(weights.min()) >= 0
     assert float(weights.sum()) == pytest.approx(1.0, abs=1e-6)
@@ -141,7 +143,7 @@ def test_loss_normalizations_use_the_losses() -> None:
     expected = normalised_mgda_reference(matrix, losses * matrix.norm(dim=1))
     actual = MGDA("loss+").aggregate(matrix, losses=losses)
     assert_same_direction(actual, expected, matrix, 1e-6)
-    with pytest.raises(ValueError, match="needs the losses"):
+    with pytest.raises(ValueError, match="reads the objectives' loss values"):
         MGDA("loss").aggregate(matrix)
 
 

@@ -22,7 +22,7 @@ from strategy_properties import (
 )
 from torch import Tensor
 
-from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress, _bargaining
+from lightning_mtl.strategies import GramianBatch, GramianWeighting, TrainingProgress, _bargaining
 from lightning_mtl.strategies._bargaining import solve_bargaining
 from lightning_mtl.strategies.nash_mtl import NashMTL
 
@@ -66,10 +66,10 @@ def reference_bargaining(gramian: Tensor, power: float = 1.0) -> np.ndarray:
     return best
 
 
-def _batch(rows: Tensor, step: int = 0) -> ObjectiveBatch:
-    return ObjectiveBatch(
+def _batch(rows: Tensor, step: int = 0) -> GramianBatch:
+    return GramianBatch(
         names=tuple(str(i) for i in range(len(rows))),
-        jacobian=rows,
+        losses=torch.ones(len(rows)),
         gramian=rows @ rows.T,
         progress=TrainingProgress(step=step),
     )
@@ -229,8 +229,7 @@ def test_argument_checks(kwargs: dict, message: str) -> None:
 
 
 def test_needs_the_gramian_and_has_a_repr() -> None:
-    with pytest.raises(ValueError, match="Gramian"):
-        NashMTL().weights(ObjectiveBatch(names=("a",), losses=torch.ones(1)))
+    assert isinstance(NashMTL(), GramianWeighting)  # the engine hands it the Gramian
     assert repr(NashMTL()) == (
         "NashMTL(max_norm=1.0, update_weights_every=1, optim_niter=20, tol=1e-06)"
     )
@@ -242,8 +241,11 @@ def test_no_host_reads_of_tensor_values() -> None:
     gramian = torch.empty(5, 5, device="meta")
     nash = NashMTL(update_weights_every=2)
     for step in range(3):
-        batch = ObjectiveBatch(
-            names=tuple("abcde"), gramian=gramian, progress=TrainingProgress(step=step)
+        batch = GramianBatch(
+            names=tuple("abcde"),
+            losses=torch.empty(5, device="meta"),
+            gramian=gramian,
+            progress=TrainingProgress(step=step),
         )
         assert nash.weights(batch).device.type == "meta"
 

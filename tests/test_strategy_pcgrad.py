@@ -18,7 +18,7 @@ from strategy_properties import (
 )
 from torch import Tensor
 
-from lightning_mtl.strategies import ObjectiveBatch, TrainingProgress
+from lightning_mtl.strategies import GradientSurgery, JacobianBatch, TrainingProgress
 from lightning_mtl.strategies.pcgrad import PCGrad
 
 
@@ -41,7 +41,7 @@ def test_two_conflicting_gradients_by_hand() -> None:
     # g1·g2 = −1: g1 − (−1/2) g2 = (½, ½); g2 − (−1/1) g1 = (0, 1).
     torch.testing.assert_close(PCGrad().aggregate(rows), torch.tensor([0.5, 1.5]))
     torch.testing.assert_close(PCGrad("mean").aggregate(rows), torch.tensor([0.25, 0.75]))
-    batch = ObjectiveBatch(names=("a", "b"), jacobian=rows)
+    batch = JacobianBatch(names=("a", "b"), losses=torch.ones(2), jacobian=rows)
     projected = PCGrad().coefficients(batch) @ rows.double()
     torch.testing.assert_close(projected, torch.tensor([[0.5, 0.5], [0.0, 1.0]]).double())
     assert projected[0] @ rows[1].double() == 0 and projected[1] @ rows[0].double() == 0
@@ -75,15 +75,21 @@ def test_matches_algorithm_1_with_the_same_random_orders(count: int, kind: str) 
     progress = TrainingProgress(step=step)
     assert_relative(PCGrad(seed=5).aggregate(rows, progress=progress), projected.sum(0))
     assert_relative(PCGrad("mean", seed=5).aggregate(rows, progress=progress), projected.mean(0))
-    batch = ObjectiveBatch(names=tuple(map(str, range(count))), jacobian=rows, progress=progress)
+    batch = JacobianBatch(
+        names=tuple(map(str, range(count))),
+        losses=torch.ones(count),
+        jacobian=rows,
+        progress=progress,
+    )
     assert_relative(PCGrad(seed=5).coefficients(batch) @ rows.double(), projected)
 
 
 def test_weights_give_the_direction() -> None:
     rows = jacobian(6, 96, seed=2)
-    batch = ObjectiveBatch(names=tuple("abcdef"), jacobian=rows, progress=TrainingProgress(3))
+    batch = JacobianBatch(
+        names=tuple("abcdef"), losses=torch.ones(6), jacobian=rows, progress=TrainingProgress(3)
+    )
     strategy = PCGrad(seed=1)
-    assert strategy.computes_weights
     torch.testing.assert_close(strategy.weights(batch) @ rows, strategy.direction(batch))
 
 
@@ -92,7 +98,7 @@ def test_two_conflicting_gradients_end_orthogonal_to_each_other(seed: int) -> No
     rows = jacobian(2, 16, seed=seed)
     rows[1] -= 2 * torch.clamp(rows[0] @ rows[1], min=0) / (rows[0] @ rows[0]) * rows[0]
     assert rows[0] @ rows[1] < 0
-    batch = ObjectiveBatch(names=("a", "b"), jacobian=rows)
+    batch = JacobianBatch(names=("a", "b"), losses=torch.ones(2), jacobian=rows)
     projected = (PCGrad().coefficients(batch) @ rows.double()).float()
     scale = float(rows.norm(dim=1).prod())
     assert abs(float(projected[0] @ rows[1])) < 1e-6 * scale
@@ -136,7 +142,7 @@ def test_non_finite_gradients_stay_non_finite(bad: float) -> None:
     rows[2, 5] = bad
     for strategy in (PCGrad(), PCGrad("mean")):
         assert not torch.isfinite(strategy.aggregate(rows)).all()
-        batch = ObjectiveBatch(names=tuple("abcd"), jacobian=rows)
+        batch = JacobianBatch(names=tuple("abcd"), losses=torch.ones(4), jacobian=rows)
         assert not torch.isfinite(strategy.weights(batch)).all()
 
 
@@ -163,8 +169,7 @@ def test_arguments_are_checked() -> None:
         PCGrad("max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="seed must be an integer"):
         PCGrad(seed=1.5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="needs the jacobian"):
-        PCGrad().direction(ObjectiveBatch(names=("a", "b"), losses=torch.ones(2)))
+    assert isinstance(PCGrad(), GradientSurgery)  # the engine hands it the Jacobian
     assert repr(PCGrad("mean", seed=3)) == "PCGrad(reduction='mean', seed=3)"
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_mtl.callbacks.base import ObjectiveGradientCallback
 from lightning_mtl.engine.geometry import equilibrium_terms
+from lightning_mtl.engine.observers import GradientObserver
 
 
-class EquilibriumMonitor(ObjectiveGradientCallback):
+class EquilibriumMonitor(GradientObserver, Callback):
     """Every ``every_n_steps`` steps, log the equilibrium diagnostics of the RGB paper (appendix
     A.8).
 
@@ -31,6 +32,8 @@ class EquilibriumMonitor(ObjectiveGradientCallback):
         25
     """
 
+    wants_edited_gradients = True
+
     def __init__(self, every_n_steps: int = 50) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be a positive integer; got {every_n_steps}.")
@@ -38,12 +41,7 @@ class EquilibriumMonitor(ObjectiveGradientCallback):
 
     @override
     def wants_objective_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        due = trainer.global_step % self.every_n_steps == 0
-        strategy = getattr(pl_module, "active_balancing_strategy", None)
-        if strategy is not None:
-            strategy.record_adjusted = due
-            strategy.adjusted_gradients = None
-        return due
+        return trainer.global_step % self.every_n_steps == 0
 
     @override
     def on_train_batch_end(
@@ -55,13 +53,8 @@ class EquilibriumMonitor(ObjectiveGradientCallback):
         batch_idx: int,
     ) -> None:
         gradients = getattr(pl_module, "objective_gradients", {}).get(self.scope_key)
-        strategy = getattr(pl_module, "active_balancing_strategy", None)
-        if gradients is None or strategy is None or len(gradients.names) < 2:
+        if gradients is None or len(gradients.names) < 2:
             return
-        adjusted = strategy.adjusted_gradients
-        if adjusted is None or adjusted.shape != gradients.jacobian.shape:
-            adjusted = gradients.jacobian
-        for name, value in equilibrium_terms(gradients.jacobian, adjusted).items():
+        combined = gradients.edited if gradients.edited is not None else gradients.jacobian
+        for name, value in equilibrium_terms(gradients.jacobian, combined).items():
             pl_module.log(f"mer/{name}", value.float(), on_step=True, on_epoch=True, batch_size=1)
-        strategy.record_adjusted = False
-        strategy.adjusted_gradients = None

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_mtl.callbacks.base import SHARED_SCOPE, ObjectiveGradientCallback
 from lightning_mtl.engine.geometry import cosine_matrix, cosines_to, degrees
+from lightning_mtl.engine.observers import BALANCED_SCOPE, GradientObserver
 from lightning_mtl.engine.scope import submodule_parameters
 from lightning_mtl.extras import missing_extra_error, optional_import
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
-
-class GradientAngleLogger(ObjectiveGradientCallback):
+class GradientAngleLogger(GradientObserver, Callback):
     """Every ``every_n_steps`` steps, log gradient angles between objectives.
 
     Logged, for each pair of objectives ``a``, ``b``: ``angle/a~b`` (degrees) and ``cos/a~b``;
@@ -80,7 +78,7 @@ class GradientAngleLogger(ObjectiveGradientCallback):
             raise missing_extra_error("plots", ["matplotlib"])
         self.heatmap = has_matplotlib if heatmap is None else heatmap
         self.max_pairs = max_pairs
-        self.scope_key = SHARED_SCOPE if scope is None else "angles:" + ",".join(scope)
+        self.scope_key = BALANCED_SCOPE if scope is None else "angles:" + ",".join(scope)
         self.history: list[dict[str, float]] = []
         self._parameters: list[nn.Parameter] | None = None
         self._cosine_sum: Tensor | None = None
@@ -114,7 +112,6 @@ class GradientAngleLogger(ObjectiveGradientCallback):
         gradients = getattr(pl_module, "objective_gradients", {}).get(self.scope_key)
         if gradients is None:
             return
-        pl_module.objective_gradients.pop(self.scope_key)  # type: ignore[union-attr]
         names = gradients.names
         cosines = cosine_matrix(gradients.jacobian)
         angles = degrees(cosines)
@@ -157,6 +154,11 @@ class GradientAngleLogger(ObjectiveGradientCallback):
         self._angle_sums = {}
         self._count = 0
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps, scope=self.scope)
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history)}
@@ -197,8 +199,9 @@ def _summaries(cosines: Tensor, angles: Tensor, to_update: Tensor | None) -> dic
     return values
 
 
-def cosine_heatmap(names: Sequence[str], cosines: Tensor) -> Figure:
-    """A heatmap figure of a ``[T, T]`` cosine matrix (red: conflict, blue: agreement).
+def cosine_heatmap(names: Sequence[str], cosines: Tensor) -> Any:
+    """A heatmap of a ``[T, T]`` cosine matrix (red: conflict, blue: agreement), as a
+    ``matplotlib.figure.Figure`` (needs matplotlib: ``pip install "lightning-mtl[plots]"``).
 
     Example::
 

@@ -88,6 +88,13 @@ class StrategySwitch(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.balancing_override = None
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            epochs=self.epochs, steps=self.steps, first=repr(self.first), second=repr(self.second)
+        )
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,7 +1,15 @@
-"""Per-objective gradients, Gramians and the balanced backward step."""
+"""Per-objective gradients, Gramians, the balanced backward step, and the contract by which
+callbacks observe gradients."""
 
-from lightning_mtl.engine.balance import Backend, GradientEngine, ObjectiveGradients, Scope
+from lightning_mtl.engine.balance import (
+    Backend,
+    GradientEngine,
+    ObjectiveGradients,
+    Scope,
+    full_precision,
+)
 from lightning_mtl.engine.jacobian import JacobianComputer
+from lightning_mtl.engine.observers import BALANCED_SCOPE, GradientObserver
 from lightning_mtl.engine.scope import (
     reachable_leaves,
     shared_parameters,
@@ -10,11 +18,14 @@ from lightning_mtl.engine.scope import (
 )
 
 __all__ = [
+    "BALANCED_SCOPE",
     "Backend",
     "GradientEngine",
+    "GradientObserver",
     "JacobianComputer",
     "ObjectiveGradients",
     "Scope",
+    "full_precision",
     "reachable_leaves",
     "shared_parameters",
     "submodule_parameters",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -11,8 +12,13 @@ from torch import Tensor, nn
 from lightning_mtl.engine.jacobian import JacobianComputer, flatten, unflatten_into_grads
 from lightning_mtl.strategies.base import (
     GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
+    GradientSurgery,
+    GramianBatch,
+    GramianWeighting,
+    JacobianBatch,
+    JacobianStrategy,
+    LossBatch,
+    LossWeighting,
     TrainingProgress,
     gramian_of,
 )
@@ -56,11 +62,35 @@ class ObjectiveGradients:
         names: objective names, in row order.
         jacobian: ``[T, D]`` per-objective gradients (averaged over processes).
         update: ``[D]`` the gradient actually applied to the scope (before the optimizer).
+        edited: ``[T, D]`` the per-objective gradients as a
+            :class:`~lightning_mtl.strategies.GradientSurgery` strategy edited them, when an
+            observer asked for them (else ``None``).
     """
 
     names: tuple[str, ...]
     jacobian: Tensor
     update: Tensor
+    edited: Tensor | None = None
+
+
+@contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Autocast off on ``device``: the balancing arithmetic (Gramian, solver input and output,
+    combined direction, strategy state) stays in float32 or wider under ``bf16-mixed`` and
+    ``16-mixed``, while the objectives were differentiated as the user's precision dictates.
+
+    Example::
+
+        >>> a = torch.ones(2, 2)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16), full_precision(a.device):
+        ...     (a @ a).dtype
+        torch.float32
+    """
+    if not torch.amp.is_autocast_available(device.type):
+        yield
+        return
+    with torch.autocast(device.type, enabled=False):
+        yield
 
 
 @dataclass(frozen=True)
@@ -83,10 +113,14 @@ class Scope:
 class GradientEngine:
     """Turns stacked objectives into parameter gradients, computing no more than needed.
 
-    * ``Requirement.LOSSES``: weights from the losses, then one weighted backward pass.
-    * ``Requirement.GRAMIAN`` / ``JACOBIAN``: per-objective gradients of the scope (batched
-      vector-Jacobian products), averaged over processes in one flattened collective, combined
-      by the strategy; parameters outside the scope get the gradient of the plain sum.
+    * A :class:`~lightning_mtl.strategies.LossWeighting`: weights from the losses, then one
+      weighted backward pass.
+    * A :class:`~lightning_mtl.strategies.GramianWeighting` or
+      :class:`~lightning_mtl.strategies.JacobianStrategy`: per-objective gradients of the scope
+      (batched vector-Jacobian products), averaged over processes in one flattened collective,
+      combined by the strategy; parameters outside the scope get the gradient of the plain sum.
+
+    The strategy's arithmetic runs with autocast off (:func:`full_precision`).
 
     Under ``16-mixed`` the objectives are scaled before differentiation, the strategy sees
     unscaled gradients, and the written ``.grad`` is scaled again so that the optimizer step
@@ -108,40 +142,55 @@ class GradientEngine:
         progress: TrainingProgress,
         backend: Backend,
         observed: Mapping[str, Sequence[nn.Parameter] | None] | None = None,
+        keep_edited: bool = False,
     ) -> dict[str, ObjectiveGradients]:
         """Write the balanced gradient into ``.grad``; return the observed gradients.
 
         Args:
             names: objective names.
             objectives: ``[T]`` objective values, attached to the graph.
-            strategy: the strategy that combines them.
+            strategy: the strategy that combines them: a loss weighting, a Gramian weighting or
+                a Jacobian strategy (a wrapper such as ``SharpnessAware`` is unwrapped by the
+                mixin).
             scope: the balanced scope.
             progress: training progress, for scheduled strategies.
             backend: precision and process glue.
             observed: scope key → parameters (``None``: the balanced scope) for which callbacks
                 want per-objective gradients on this step.
+            keep_edited: also report a gradient surgery's edited gradients of the balanced scope.
         """
+        if not isinstance(strategy, LossWeighting | GramianWeighting | JacobianStrategy):
+            raise TypeError(
+                "the engine balances a LossWeighting, a GramianWeighting or a JacobianStrategy; "
+                f"got {type(strategy).__name__} (pass a wrapper's inner strategy)."
+            )
         observed = dict(observed or {})
         losses = objectives.detach()
         if backend.world_size > 1:
             # Strategies with state (loss histories, learned weights) must see the same losses on
             # every process: those of the union batch.
             losses = backend.all_reduce_sum(losses.clone()) / backend.world_size
-        batch = ObjectiveBatch(names=names, losses=losses, progress=progress)
         scaled = objectives * backend.loss_scale if backend.loss_scale is not None else objectives
         extra = {
             key: self._parameter_jacobian(scaled, params, backend)
             for key, params in observed.items()
             if params is not None
         }
-        if strategy.requirement is Requirement.LOSSES:
-            weights = strategy.weights(batch)
+        balanced: ObjectiveGradients | None
+        if isinstance(strategy, LossWeighting):
+            with full_precision(objectives.device):
+                weights = strategy(LossBatch(names=names, losses=losses, progress=progress))
             shared = (
                 self._scope_jacobian(scaled, scope, backend) if None in observed.values() else None
             )
             backend.backward((weights * objectives).sum())
-            balanced = None if shared is None else (shared, weights.to(shared.dtype) @ shared)
+            balanced = (
+                None
+                if shared is None
+                else ObjectiveGradients(names, shared, weights.to(shared.dtype) @ shared)
+            )
         else:
+            batch = _Step(names, losses, progress, keep_edited and None in observed.values())
             balanced = self._balance(batch, scaled, strategy, scope, backend)
         report = {
             key: ObjectiveGradients(names, jacobian, self._applied(observed[key], backend))
@@ -149,40 +198,40 @@ class GradientEngine:
         }
         for key, params in observed.items():
             if params is None and balanced is not None:
-                report[key] = ObjectiveGradients(names, *balanced)
+                report[key] = balanced
         return report
 
     def _balance(
         self,
-        batch: ObjectiveBatch,
+        step: _Step,
         scaled: Tensor,
-        strategy: GradientBalancingStrategy,
+        strategy: GramianWeighting | JacobianStrategy,
         scope: Scope,
         backend: Backend,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> ObjectiveGradients:
         if scope.representation is not None:
-            return self._balance_representation(batch, scaled, strategy, scope, backend)
+            return self._balance_representation(step, scaled, strategy, scope, backend)
         jacobian = self.jacobians(scaled, scope.parameters)
         others = _grads(scaled.sum(), scope.others)
         jacobian, others = _mean_over_processes(jacobian, others, backend)
         jacobian = _unscale(jacobian, backend)
-        direction = self._direction(strategy, batch, jacobian, backend)
+        direction, edited = self._direction(strategy, step, jacobian, backend)
         unflatten_into_grads(scope.parameters, _rescale(direction, backend))
         unflatten_into_grads(scope.others, others)
-        return jacobian, direction
+        return ObjectiveGradients(step.names, jacobian, direction, edited)
 
     def _balance_representation(
         self,
-        batch: ObjectiveBatch,
+        step: _Step,
         scaled: Tensor,
-        strategy: GradientBalancingStrategy,
+        strategy: GramianWeighting | JacobianStrategy,
         scope: Scope,
         backend: Backend,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> ObjectiveGradients:
         representation = scope.representation
         assert representation is not None
         jacobian = _unscale(self._representation_jacobian(scaled, representation, backend), backend)
-        direction = self._direction(strategy, batch, jacobian, backend)
+        direction, edited = self._direction(strategy, step, jacobian, backend)
         width = representation.numel()
         local = direction[backend.rank * width : (backend.rank + 1) * width]
         heads = _grads(scaled.sum(), scope.others)
@@ -197,29 +246,43 @@ class GradientEngine:
             heads, trunk = flat[: heads.numel()], flat[heads.numel() :]
         unflatten_into_grads(scope.others, heads)
         unflatten_into_grads(scope.trunk, trunk)
-        return jacobian, direction
+        return ObjectiveGradients(step.names, jacobian, direction, edited)
 
     def _direction(
         self,
-        strategy: GradientBalancingStrategy,
-        batch: ObjectiveBatch,
+        strategy: GramianWeighting | JacobianStrategy,
+        step: _Step,
         jacobian: Tensor,
         backend: Backend,
-    ) -> Tensor:
-        needs_gramian = strategy.requirement is Requirement.GRAMIAN
-        full = ObjectiveBatch(
-            names=batch.names,
-            losses=batch.losses,
-            jacobian=jacobian,
-            gramian=gramian_of(jacobian) if needs_gramian else None,
-            progress=batch.progress,
-        )
-        direction = strategy.direction(full)
+    ) -> tuple[Tensor, Tensor | None]:
+        """The update of the scope, and the edited gradients if asked for and available."""
+        edited = None
+        with full_precision(jacobian.device):
+            if isinstance(strategy, GramianWeighting):
+                gramian = gramian_of(jacobian)
+                weights = strategy(
+                    GramianBatch(
+                        names=step.names,
+                        losses=step.losses,
+                        gramian=gramian,
+                        progress=step.progress,
+                    )
+                )
+                direction = weights.to(jacobian.dtype) @ jacobian
+            else:
+                batch = JacobianBatch(
+                    names=step.names, losses=step.losses, jacobian=jacobian, progress=step.progress
+                )
+                if step.keep_edited and isinstance(strategy, GradientSurgery):
+                    result = strategy.edit(batch)
+                    direction, edited = result.direction, result.rows()
+                else:
+                    direction = strategy(batch)
         if backend.loss_scale is not None:
             # A solver may turn overflowed inputs into finite output; adding 0 · Σ J keeps an inf
             # or NaN visible to the loss scaler, which then skips the step.
             direction = direction + jacobian.sum() * 0
-        return direction
+        return direction, edited
 
     def _representation_jacobian(
         self, scaled: Tensor, representation: Tensor, backend: Backend
@@ -250,6 +313,16 @@ class GradientEngine:
         assert parameters is not None
         update = flatten([_grad_or_zeros(p) for p in parameters])
         return _unscale(update, backend)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What the engine knows of a step besides the gradients."""
+
+    names: tuple[str, ...]
+    losses: Tensor
+    progress: TrainingProgress
+    keep_edited: bool
 
 
 def _grads(output: Tensor, inputs: Sequence[Tensor], grad_output: Tensor | None = None) -> Tensor:

@@ -67,9 +67,8 @@ def submodule_parameters(module: nn.Module, names: Sequence[str]) -> list[nn.Par
     modules = dict(module.named_modules())
     unknown = [name for name in names if name not in modules]
     if unknown:
-        candidates = [name for name in modules if name][:20]
         raise ValueError(
-            f"unknown submodule(s) {unknown} in the scope; the model has e.g. {candidates}."
+            f"unknown submodule(s) {unknown} in the scope; the model has {outline(module)}."
         )
     selected: dict[int, nn.Parameter] = {}
     for name in names:
@@ -79,3 +78,22 @@ def submodule_parameters(module: nn.Module, names: Sequence[str]) -> list[nn.Par
     if not selected:
         raise ValueError(f"the scope {list(names)} has no trainable parameter.")
     return list(selected.values())
+
+
+def outline(module: nn.Module, depth: int = 2) -> list[str]:
+    """The names of ``module``'s submodules down to ``depth`` levels that hold trainable
+    parameters: what a scope can name (for error messages).
+
+    Example::
+
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 1)))
+        >>> outline(net)
+        ['0', '1', '1.1']
+    """
+    return [
+        name
+        for name, child in module.named_modules()
+        if name
+        and name.count(".") < depth
+        and any(parameter.requires_grad for parameter in child.parameters())
+    ]

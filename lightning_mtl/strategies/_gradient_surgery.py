@@ -25,8 +25,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch
-
 # Entries per block of columns: 64 MiB of float32, 128 MiB once widened to float64.
 _BLOCK_ENTRIES = 1 << 24
 
@@ -40,13 +38,6 @@ def checked_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer; got {seed!r}.")
     return seed
-
-
-def jacobian_of(strategy: GradientBalancingStrategy, batch: ObjectiveBatch) -> Tensor:
-    """``batch.jacobian``, which a ``Requirement.JACOBIAN`` strategy cannot do without."""
-    if batch.jacobian is None:
-        raise ValueError(f"{type(strategy).__name__} needs the jacobian.")
-    return batch.jacobian
 
 
 def column_blocks(matrix: Tensor) -> tuple[Tensor, ...]:

@@ -16,13 +16,13 @@ from lightning_mtl.strategies._gramian_tools import (
     significant,
     symmetric_eigh,
 )
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 
 ScaleMode = Literal["min", "median", "rmse"]
 _SCALE_MODES = ("min", "median", "rmse")
 
 
-class AlignedMTL(GradientBalancingStrategy):
+class AlignedMTL(GramianWeighting):
     """Aligned-MTL: replace the gradients by the nearest system of orthogonal gradients of equal
     norm (condition number 1), then combine them with the preference weights.
 
@@ -55,8 +55,6 @@ class AlignedMTL(GradientBalancingStrategy):
         tensor([0.5000, 0.5000])
     """
 
-    requirement = Requirement.GRAMIAN
-
     def __init__(self, scale_mode: ScaleMode = "min", preference: PreferenceSpec = None) -> None:
         if scale_mode not in _SCALE_MODES:
             raise ValueError(f"scale_mode must be one of {list(_SCALE_MODES)}; got {scale_mode!r}.")
@@ -68,9 +66,7 @@ class AlignedMTL(GradientBalancingStrategy):
         self.preference.check(names)
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        if batch.gramian is None:
-            raise ValueError("AlignedMTL needs the Gramian.")
+    def weights(self, batch: GramianBatch) -> Tensor:
         eigenvalues, eigenvectors = symmetric_eigh(batch.gramian.double())
         kept = significant(eigenvalues, batch.gramian.dtype)
         target = self._target(eigenvalues, kept)
@@ -89,6 +85,3 @@ class AlignedMTL(GradientBalancingStrategy):
         ascending = eigenvalues.sort().values
         middle = len(eigenvalues) - count + (count - 1).div(2, rounding_mode="floor")
         return ascending.index_select(0, middle.reshape(1)).squeeze(0)
-
-    def __repr__(self) -> str:
-        return f"AlignedMTL(scale_mode={self.scale_mode!r}, preference={self.preference!r})"

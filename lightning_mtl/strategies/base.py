@@ -1,14 +1,31 @@
-"""The strategy contract: what a gradient-balancing method asks of the engine and returns."""
+"""The strategy contract: what a gradient-balancing method receives from the engine and returns.
+
+A strategy declares what it consumes by its base class, and receives exactly that:
+
+* :class:`LossWeighting`: weights from the objectives' values (a :class:`LossBatch`); the update
+  is one weighted backward pass.
+* :class:`GramianWeighting`: weights from the ``[T, T]`` Gramian ``J Jᵀ`` of the per-objective
+  gradients (a :class:`GramianBatch`); the update is ``wᵀ J``.
+* :class:`JacobianStrategy`: the update direction from the ``[T, D]`` Jacobian itself (a
+  :class:`JacobianBatch`).
+* :class:`GradientSurgery`: a :class:`JacobianStrategy` that edits each objective's gradient and
+  sums the edited rows; diagnostics can ask for the edited rows.
+
+The engine computes no more than the base class asks for.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from typing_extensions import Self
 
 
 class Requirement(enum.Enum):
@@ -41,25 +58,20 @@ class TrainingProgress:
     total_epochs: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ObjectiveBatch:
-    """Everything the engine hands a strategy for one step.
-
-    Only the fields that the strategy's :class:`Requirement` asks for are filled; the others
-    are ``None``.
+    """What every strategy is told about a step.
 
     Args:
         names: the objectives' names, in row order.
-        losses: ``[T]`` detached objective values.
-        jacobian: ``[T, D]`` per-objective gradients of the scope.
-        gramian: ``[T, T]`` inner products of those gradients.
+        losses: ``[T]`` detached objective values (NaN placeholders when
+            :meth:`GradientBalancingStrategy.aggregate` is called without them, which only
+            strategies that do not :attr:`~GradientBalancingStrategy.reads_loss_values` allow).
         progress: the training progress at this step.
     """
 
     names: tuple[str, ...]
-    losses: Tensor | None = None
-    jacobian: Tensor | None = None
-    gramian: Tensor | None = None
+    losses: Tensor
     progress: TrainingProgress = TrainingProgress()
 
     @property
@@ -67,19 +79,46 @@ class ObjectiveBatch:
         return len(self.names)
 
 
-class GradientBalancingStrategy:
+@dataclass(frozen=True, kw_only=True)
+class LossBatch(ObjectiveBatch):
+    """The input of a :class:`LossWeighting`: the objectives' names and values."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GramianBatch(ObjectiveBatch):
+    """The input of a :class:`GramianWeighting`.
+
+    Args:
+        gramian: ``[T, T]`` inner products of the per-objective gradients, float32 or wider.
+    """
+
+    gramian: Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class JacobianBatch(ObjectiveBatch):
+    """The input of a :class:`JacobianStrategy`.
+
+    Args:
+        jacobian: ``[T, D]`` per-objective gradients of the scope, float32 or wider.
+    """
+
+    jacobian: Tensor
+
+
+class GradientBalancingStrategy(ABC):
     """Base class of every gradient-balancing method.
 
-    A subclass sets :attr:`requirement` and overrides :meth:`weights` (a weighting of the
-    objectives; enough for loss-based and Gramian-based methods) or :meth:`direction` (the
-    combined update itself; for methods that transform individual gradients, such as PCGrad).
-    The engine computes no more than :attr:`requirement` asks for.
+    Subclass one of the kinds — :class:`LossWeighting`, :class:`GramianWeighting`,
+    :class:`JacobianStrategy` or :class:`GradientSurgery` — not this class. The base provides
+    what every strategy shares: :meth:`aggregate` (the strategy applied to a Jacobian outside
+    Lightning), the weights of the last step in :meth:`log_values`, checkpoint state
+    (:attr:`state_fields`), and :meth:`hyperparameters` and ``repr`` from the constructor's
+    arguments.
 
     State that must survive a checkpoint (schedules, moving averages, warm starts) is returned by
     :meth:`state_dict` as plain Python values and tensors, so that checkpoints load with
     ``weights_only=True``.
-
-    Outside Lightning, :meth:`aggregate` applies the strategy to a per-objective Jacobian.
 
     Example::
 
@@ -89,42 +128,50 @@ class GradientBalancingStrategy:
         tensor([1., 3.])
     """
 
-    requirement: ClassVar[Requirement] = Requirement.JACOBIAN
+    state_fields: ClassVar[tuple[str, ...]] = ()
+    """Attributes that make up the strategy's state; :meth:`state_dict` and
+    :meth:`load_state_dict` save and restore exactly these."""
 
-    sam_radius: float | None = None
-    """A radius ``ρ`` turns on a sharpness-aware step: the mixin first perturbs the balanced
-    scope by ``ρ g / ‖g‖`` and balances the objectives there (see PLOT)."""
+    reads_loss_values: bool = False
+    """Whether the strategy reads the objectives' values (``batch.losses``), so that
+    :meth:`aggregate` needs them."""
 
-    record_adjusted: bool = False
-    """Set by diagnostics callbacks on their cadence: a strategy that edits individual gradients
-    (PCGrad, GradVac, RGB, ...) then keeps the edited per-objective gradients of that step in
-    :attr:`adjusted_gradients`, as a ``[T, D]`` tensor."""
-    adjusted_gradients: Tensor | None = None
+    _init_arguments: dict[str, Any]
+    _last_weights: tuple[tuple[str, ...], Tensor] | None = None
 
-    def setup(self, names: Sequence[str]) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        instance = super().__new__(cls)
+        # The constructor's arguments, as given (defaults filled in), for repr and for
+        # hyper-parameter logging. A copy or an unpickling calls __new__ without arguments and
+        # restores the attribute from the instance's dictionary instead.
+        instance._init_arguments = {}
+        if cls.__init__ is object.__init__:
+            return instance
+        signature = inspect.signature(cls.__init__)
+        try:
+            bound = signature.bind(instance, *args, **kwargs)
+        except TypeError:
+            return instance
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                instance._init_arguments.update(value)
+            elif kind is not inspect.Parameter.VAR_POSITIONAL:
+                instance._init_arguments[name] = value
+        return instance
+
+    @property
+    @abstractmethod
+    def requirement(self) -> Requirement:
+        """What the engine computes for this strategy (set by the kind's base class)."""
+
+    def setup(self, names: Sequence[str]) -> None:  # noqa: B027 - optional hook, a no-op here
         """Check the objective names once, before the first step that uses them.
 
         Raises:
             ValueError: when the strategy cannot work with these objectives.
         """
-
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        """Return ``[T]`` weights; the update is ``Σ_t w_t ∇L_t``."""
-        raise TypeError(
-            f"{type(self).__name__} computes a direction, not weights; call direction()."
-        )
-
-    def direction(self, batch: ObjectiveBatch) -> Tensor:
-        """Return the ``[D]`` combined update from ``batch.jacobian``."""
-        if batch.jacobian is None:
-            raise ValueError(f"{type(self).__name__}.direction needs the jacobian.")
-        weights = self.weights(batch)
-        return weights.to(batch.jacobian.dtype) @ batch.jacobian
-
-    @property
-    def computes_weights(self) -> bool:
-        """Whether the strategy overrides :meth:`weights` (so its update is a weighted sum)."""
-        return type(self).weights is not GradientBalancingStrategy.weights
 
     def aggregate(
         self,
@@ -138,7 +185,8 @@ class GradientBalancingStrategy:
 
         Args:
             jacobian: ``[T, D]``, one gradient per row.
-            losses: optional ``[T]`` objective values, for strategies that use them.
+            losses: ``[T]`` objective values; needed by strategies that
+                :attr:`reads_loss_values`, NaN placeholders for the others when omitted.
             names: optional objective names; default ``("0", "1", ...)``.
             progress: optional training progress, for strategies with a schedule.
 
@@ -152,23 +200,47 @@ class GradientBalancingStrategy:
         names = tuple(names) if names is not None else tuple(str(i) for i in range(len(jacobian)))
         if len(names) != jacobian.shape[0]:
             raise ValueError(f"got {len(names)} names for {jacobian.shape[0]} jacobian rows.")
+        if losses is None:
+            if self.reads_loss_values:
+                raise ValueError(
+                    f"{type(self).__name__} reads the objectives' loss values: pass losses=... to "
+                    "aggregate()."
+                )
+            losses = jacobian.new_full((len(names),), float("nan"))
         self.setup(names)
-        batch = ObjectiveBatch(
-            names=names,
-            losses=losses,
-            jacobian=jacobian,
-            gramian=gramian_of(jacobian) if self.requirement is Requirement.GRAMIAN else None,
-            progress=progress if progress is not None else TrainingProgress(),
+        return self._combine_rows(
+            jacobian, names, losses, progress if progress is not None else TrainingProgress()
         )
-        return self.direction(batch)
+
+    @abstractmethod
+    def _combine_rows(
+        self,
+        jacobian: Tensor,
+        names: tuple[str, ...],
+        losses: Tensor,
+        progress: TrainingProgress,
+    ) -> Tensor:
+        """:meth:`aggregate` after its checks: the kind's own way of combining the rows."""
+
+    def record_weights(self, names: tuple[str, ...], weights: Tensor) -> None:
+        """Keep this step's weights of the objectives for :meth:`log_values` and
+        :attr:`last_weights` (the weighting kinds call it; a Jacobian strategy whose update is a
+        weighted sum may too)."""
+        self._last_weights = (names, weights.detach())
+
+    @property
+    def last_weights(self) -> dict[str, Tensor]:
+        """The objectives' weights of the last step, by name (empty before the first step, and
+        for strategies whose update is not a weighted sum)."""
+        if self._last_weights is None:
+            return {}
+        names, weights = self._last_weights
+        return dict(zip(names, weights, strict=True))
 
     def log_values(self) -> dict[str, Tensor | float]:
-        """Scalars worth logging after a step (e.g. a scheduled coefficient)."""
-        return {}
-
-    state_fields: ClassVar[tuple[str, ...]] = ()
-    """Attributes that make up the strategy's state; :meth:`state_dict` and
-    :meth:`load_state_dict` save and restore exactly these."""
+        """Scalars worth logging after a step: ``weight/<name>`` for each objective's last weight;
+        strategies add their own (e.g. a scheduled coefficient)."""
+        return {f"weight/{name}": value for name, value in self.last_weights.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint (the :attr:`state_fields`): plain Python values and tensors only."""
@@ -179,24 +251,144 @@ class GradientBalancingStrategy:
         for name in self.state_fields:
             setattr(self, name, state_dict[name])
 
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor's arguments as given, defaults filled in (nested strategies as
+        themselves).
+
+        Example::
+
+            >>> from lightning_mtl.strategies import CAGrad
+            >>> CAGrad(c=0.4).hyperparameters()
+            {'c': 0.4, 'rescale': 1, 'preference': None}
+        """
+        return dict(self._init_arguments)
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        arguments = ", ".join(f"{name}={value!r}" for name, value in self.hyperparameters().items())
+        return f"{type(self).__name__}({arguments})"
 
 
-def objective_losses(batch: ObjectiveBatch, method: str) -> Tensor:
-    """``batch.losses``, or a clear error for loss-based methods applied without them."""
-    if batch.losses is None:
-        raise ValueError(
-            f"{method} weighs objectives by their loss values: pass losses=... to aggregate()."
+class LossWeighting(GradientBalancingStrategy):
+    """A strategy that weighs the objectives from their values alone: one backward pass of
+    ``Σ_t w_t L_t``, so its cost is that of a plain training step.
+
+    A subclass implements :meth:`weights`. One that never reads the values (fixed weights, a
+    schedule, random weights) sets :attr:`reads_loss_values` to ``False`` so that
+    :meth:`aggregate` works without ``losses``.
+    """
+
+    reads_loss_values = True
+
+    @property
+    def requirement(self) -> Requirement:
+        return Requirement.LOSSES
+
+    @abstractmethod
+    def weights(self, batch: LossBatch) -> Tensor:
+        """Return ``[T]`` weights; the update is ``Σ_t w_t ∇L_t``."""
+
+    def __call__(self, batch: LossBatch) -> Tensor:
+        """:meth:`weights`, kept for :meth:`log_values`."""
+        weights = self.weights(batch)
+        self.record_weights(batch.names, weights)
+        return weights
+
+    def _combine_rows(
+        self,
+        jacobian: Tensor,
+        names: tuple[str, ...],
+        losses: Tensor,
+        progress: TrainingProgress,
+    ) -> Tensor:
+        weights = self(LossBatch(names=names, losses=losses, progress=progress))
+        return weights.to(jacobian.dtype) @ jacobian
+
+
+class GramianWeighting(GradientBalancingStrategy):
+    """A strategy that weighs the objectives from the Gramian ``G = J Jᵀ`` of their gradients:
+    the update is ``wᵀ J``. A subclass implements :meth:`weights`.
+    """
+
+    @property
+    def requirement(self) -> Requirement:
+        return Requirement.GRAMIAN
+
+    @abstractmethod
+    def weights(self, batch: GramianBatch) -> Tensor:
+        """Return ``[T]`` weights; the update is ``Σ_t w_t g_t``."""
+
+    def __call__(self, batch: GramianBatch) -> Tensor:
+        """:meth:`weights`, kept for :meth:`log_values`."""
+        weights = self.weights(batch)
+        self.record_weights(batch.names, weights)
+        return weights
+
+    def _combine_rows(
+        self,
+        jacobian: Tensor,
+        names: tuple[str, ...],
+        losses: Tensor,
+        progress: TrainingProgress,
+    ) -> Tensor:
+        batch = GramianBatch(
+            names=names, losses=losses, gramian=gramian_of(jacobian), progress=progress
         )
-    return batch.losses
+        return self(batch).to(jacobian.dtype) @ jacobian
 
 
-def weight_log_values(names: tuple[str, ...], weights: Tensor | None) -> dict[str, Tensor | float]:
-    """``{"weight/<name>": w}`` for the weights of the last step, for :meth:`log_values`."""
-    if weights is None:
-        return {}
-    return {f"weight/{name}": value for name, value in zip(names, weights, strict=True)}
+class JacobianStrategy(GradientBalancingStrategy):
+    """A strategy that computes the update direction from the ``[T, D]`` Jacobian itself. A
+    subclass implements :meth:`direction`.
+    """
+
+    @property
+    def requirement(self) -> Requirement:
+        return Requirement.JACOBIAN
+
+    @abstractmethod
+    def direction(self, batch: JacobianBatch) -> Tensor:
+        """Return the ``[D]`` combined update."""
+
+    def __call__(self, batch: JacobianBatch) -> Tensor:
+        return self.direction(batch)
+
+    def _combine_rows(
+        self,
+        jacobian: Tensor,
+        names: tuple[str, ...],
+        losses: Tensor,
+        progress: TrainingProgress,
+    ) -> Tensor:
+        return self(JacobianBatch(names=names, losses=losses, jacobian=jacobian, progress=progress))
+
+
+@dataclass(frozen=True)
+class EditedGradients:
+    """The result of a gradient surgery.
+
+    Args:
+        direction: ``[D]`` the update.
+        rows: computes the ``[T, D]`` edited gradients, only when called (diagnostics ask for
+            them on their cadence; the update never needs them formed).
+    """
+
+    direction: Tensor
+    rows: Callable[[], Tensor]
+
+
+class GradientSurgery(JacobianStrategy):
+    """A :class:`JacobianStrategy` that edits each objective's gradient (projects, rotates or
+    masks it) and combines the edited gradients. A subclass implements :meth:`edit`, which also
+    tells how to form the edited rows, so that diagnostics (e.g.
+    :class:`~lightning_mtl.callbacks.EquilibriumMonitor`) can compare them with the originals.
+    """
+
+    @abstractmethod
+    def edit(self, batch: JacobianBatch) -> EditedGradients:
+        """The update and, on request, the edited gradients of ``batch.jacobian``."""
+
+    def direction(self, batch: JacobianBatch) -> Tensor:
+        return self.edit(batch).direction
 
 
 def device_vector(values: Sequence[float], like: Tensor) -> Tensor:
@@ -230,6 +422,13 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
 
 
 def gramian_of(jacobian: Tensor) -> Tensor:
-    """The ``[T, T]`` matrix of inner products of the rows of ``jacobian``, in float32 or wider."""
+    """The ``[T, T]`` matrix of inner products of the rows of ``jacobian``, in float32 or wider.
+
+    Example::
+
+        >>> gramian_of(torch.tensor([[1.0, 2.0], [0.0, 3.0]]))
+        tensor([[5., 6.],
+                [6., 9.]])
+    """
     wide = jacobian if jacobian.dtype in (torch.float32, torch.float64) else jacobian.float()
     return wide @ wide.T

@@ -16,7 +16,7 @@ from lightning_mtl.strategies._gramian_tools import (
     row_norms,
     solvable,
 )
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 from lightning_mtl.strategies.code_paths import host_shortcuts
 from lightning_mtl.strategies.solvers import solve_nonnegative_qp
 
@@ -32,7 +32,7 @@ _ACCELERATOR_SEARCH = (2, 256)
 _STATIONARY = 1e-10
 
 
-class CAGrad(GradientBalancingStrategy):
+class CAGrad(GramianWeighting):
     """Conflict-averse gradient descent: the update that most improves the worst objective among
     those within ``c ‖g0‖`` of the average gradient ``g0``.
 
@@ -81,8 +81,6 @@ class CAGrad(GradientBalancingStrategy):
         tensor([1.2906, 1.5000])
     """
 
-    requirement = Requirement.GRAMIAN
-
     def __init__(
         self,
         c: float = 0.5,
@@ -103,18 +101,13 @@ class CAGrad(GradientBalancingStrategy):
         self.preference.check(names)
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        if batch.gramian is None:
-            raise ValueError("CAGrad needs the Gramian.")
+    def weights(self, batch: GramianBatch) -> Tensor:
         gramian, finite = solvable(batch.gramian.double())
         preference = self.preference.vector(batch.names, batch.gramian).double()
         radius = self.c * (preference @ gramian @ preference).clamp_min(0.0).sqrt()
         multipliers = conflict_averse_multipliers(gramian, preference, radius)
         weights = (preference + multipliers) / self.divisor
         return finite_or(weights, preference / self.divisor, finite).to(batch.gramian.dtype)
-
-    def __repr__(self) -> str:
-        return f"CAGrad(c={self.c}, rescale={self.rescale}, preference={self.preference!r})"
 
 
 def conflict_averse_multipliers(gramian: Tensor, preference: Tensor, radius: Tensor) -> Tensor:

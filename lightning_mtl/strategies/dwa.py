@@ -8,16 +8,10 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    objective_losses,
-    weight_log_values,
-)
+from lightning_mtl.strategies.base import LossBatch, LossWeighting
 
 
-class DWA(GradientBalancingStrategy):
+class DWA(LossWeighting):
     """Dynamic Weight Average (Liu, Johns & Davison, "End-to-End Multi-Task Learning with
     Attention", CVPR 2019).
 
@@ -52,7 +46,6 @@ class DWA(GradientBalancingStrategy):
         tensor([0.8756, 1.1244])
     """
 
-    requirement = Requirement.LOSSES
     state_fields = ("epoch", "count", "sums", "history")
 
     def __init__(self, temperature: float = 2.0) -> None:
@@ -64,12 +57,10 @@ class DWA(GradientBalancingStrategy):
         self.sums: Tensor | None = None
         # Averages of the last (at most two) epochs, oldest first: [≤2, T].
         self.history: Tensor | None = None
-        self.names: tuple[str, ...] = ()
-        self.last_weights: Tensor | None = None
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        losses = objective_losses(batch, "DWA")
+    def weights(self, batch: LossBatch) -> Tensor:
+        losses = batch.losses
         if batch.progress.epoch != self.epoch:
             self._close_epoch()
             self.epoch = batch.progress.epoch
@@ -81,7 +72,6 @@ class DWA(GradientBalancingStrategy):
             self.history = self.history.to(losses.device)
             ratios = self.history[1] / self.history[0]
             weights = len(losses) * torch.softmax(ratios / self.temperature, dim=0)
-        self.names, self.last_weights = batch.names, weights
         return weights
 
     def _close_epoch(self) -> None:
@@ -91,10 +81,3 @@ class DWA(GradientBalancingStrategy):
         previous = self.history.to(average.device) if self.history is not None else average[:0]
         self.history = torch.cat([previous, average])[-2:]
         self.sums, self.count = None, 0
-
-    @override
-    def log_values(self) -> dict[str, Tensor | float]:
-        return weight_log_values(self.names, self.last_weights)
-
-    def __repr__(self) -> str:
-        return f"DWA(temperature={self.temperature})"

@@ -11,13 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_mtl.strategies._gramian_tools import Preference, PreferenceSpec, finite_or
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    objective_losses,
-    weight_log_values,
-)
+from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 from lightning_mtl.strategies.solvers import settled_on_host
 
 # Constraint rows below this fraction of the largest coefficient are treated as zero rows.
@@ -28,7 +22,7 @@ _RIDGE = 1e-13
 _TO_BOUNDARY = 0.99
 
 
-class EPO(GradientBalancingStrategy):
+class EPO(GramianWeighting):
     """Exact Pareto Optimal search (Mahapatra & Rajan, "Multi-Task Learning with User
     Preferences: Gradient Descent with Controlled Ascent in Pareto Optimization", ICML 2020).
 
@@ -87,7 +81,7 @@ class EPO(GradientBalancingStrategy):
         tensor([1., 1.])
     """
 
-    requirement = Requirement.GRAMIAN
+    reads_loss_values = True
 
     def __init__(
         self,
@@ -111,8 +105,6 @@ class EPO(GradientBalancingStrategy):
         self.eps = float(eps)
         self.iterations = iterations
         self.tol = float(tol)
-        self.names: tuple[str, ...] = ()
-        self.last_weights: Tensor | None = None
         self.non_uniformity: Tensor | None = None
 
     @override
@@ -120,11 +112,9 @@ class EPO(GradientBalancingStrategy):
         self.preference.check(names)
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        losses = objective_losses(batch, "EPO")
+    def weights(self, batch: GramianBatch) -> Tensor:
+        losses = batch.losses
         gramian = batch.gramian
-        if gramian is None:
-            raise ValueError("EPO needs the Gramian of the objectives' gradients.")
         preference = self.preference.vector(batch.names, losses).double()
         g = gramian.double()
         non_uniformity, program = _programs(losses.double(), preference, g, self.eps)
@@ -133,22 +123,15 @@ class EPO(GradientBalancingStrategy):
         weights = len(batch.names) * beta
         finite = torch.isfinite(g).all() & torch.isfinite(losses).all()
         weights = torch.where(finite, weights, torch.full_like(weights, torch.nan))
-        self.names, self.last_weights = batch.names, weights
         self.non_uniformity = non_uniformity
         return weights.to(gramian.dtype)
 
     @override
     def log_values(self) -> dict[str, Tensor | float]:
-        values = weight_log_values(self.names, self.last_weights)
+        values = super().log_values()
         if self.non_uniformity is not None:
             values["non_uniformity"] = self.non_uniformity
         return values
-
-    def __repr__(self) -> str:
-        return (
-            f"EPO(preference={self.preference!r}, eps={self.eps}, iterations={self.iterations}, "
-            f"tol={self.tol})"
-        )
 
 
 def _values(preference: Preference) -> tuple[float, ...]:

@@ -10,15 +10,10 @@ from typing_extensions import override
 
 from lightning_mtl.strategies._bargaining import clipped_update_weights, solve_bargaining
 from lightning_mtl.strategies._gramian_tools import finite_or
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    weight_log_values,
-)
+from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 
 
-class FairGrad(GradientBalancingStrategy):
+class FairGrad(GramianWeighting):
     """FairGrad (Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024).
 
     The update ``d = Σ_i w_i g_i`` maximises the α-fair utility ``Σ_i (g_iᵀ d)^(1−α) / (1 − α)``
@@ -67,8 +62,6 @@ class FairGrad(GradientBalancingStrategy):
         tensor([2., 2.])
     """
 
-    requirement = Requirement.GRAMIAN
-
     def __init__(
         self,
         alpha: float = 1.0,
@@ -88,14 +81,10 @@ class FairGrad(GradientBalancingStrategy):
         self.max_norm = None if max_norm is None else float(max_norm)
         self.iterations = iterations
         self.tol = float(tol)
-        self.names: tuple[str, ...] = ()
-        self.last_weights: Tensor | None = None
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
+    def weights(self, batch: GramianBatch) -> Tensor:
         gramian = batch.gramian
-        if gramian is None:
-            raise ValueError("FairGrad needs the Gramian of the objectives' gradients.")
         solution, solved = solve_bargaining(
             gramian, 1.0 / self.alpha, iterations=self.iterations, tol=self.tol
         )
@@ -103,15 +92,4 @@ class FairGrad(GradientBalancingStrategy):
         fallback = torch.full_like(solution, 1.0 / count)
         weights = count * finite_or(solution, fallback, solved)
         weights = clipped_update_weights(weights, gramian, self.max_norm)
-        self.names, self.last_weights = batch.names, weights
         return weights
-
-    @override
-    def log_values(self) -> dict[str, Tensor | float]:
-        return weight_log_values(self.names, self.last_weights)
-
-    def __repr__(self) -> str:
-        return (
-            f"FairGrad(alpha={self.alpha}, max_norm={self.max_norm}, "
-            f"iterations={self.iterations}, tol={self.tol})"
-        )

@@ -9,14 +9,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    device_vector,
-    objective_losses,
-    weight_log_values,
-)
+from lightning_mtl.strategies.base import LossBatch, LossWeighting, device_vector
 
 # The authors' constants: Adam's default moments and the offset that keeps log(L − L*) finite.
 BETAS = (0.9, 0.999)
@@ -24,7 +17,7 @@ ADAM_EPS = 1e-8
 GAP_EPS = 1e-8
 
 
-class FAMO(GradientBalancingStrategy):
+class FAMO(LossWeighting):
     """Fast Adaptive Multitask Optimization (Liu, Feng, Stone & Liu, "FAMO: Fast Adaptive
     Multitask Optimization", NeurIPS 2023, Algorithm 1).
 
@@ -62,7 +55,6 @@ class FAMO(GradientBalancingStrategy):
         tensor([0.7500, 0.2500])
     """
 
-    requirement = Requirement.LOSSES
     state_fields = ("logits", "exp_avg", "exp_avg_sq", "steps", "previous")
 
     def __init__(
@@ -83,8 +75,6 @@ class FAMO(GradientBalancingStrategy):
         self.exp_avg_sq: Tensor | None = None
         self.steps = 0
         self.previous: Tensor | None = None
-        self.names: tuple[str, ...] = ()
-        self.last_weights: Tensor | None = None
         self._offsets: dict[tuple[tuple[str, ...], torch.device], Tensor] = {}
 
     @override
@@ -97,8 +87,8 @@ class FAMO(GradientBalancingStrategy):
             )
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        losses = objective_losses(batch, "FAMO")
+    def weights(self, batch: LossBatch) -> Tensor:
+        losses = batch.losses
         gaps = self._gaps(losses, batch.names)
         if self.previous is not None:
             previous = self._gaps(self.previous.to(losses.device), batch.names)
@@ -109,7 +99,6 @@ class FAMO(GradientBalancingStrategy):
         inverse = torch.softmax(logits, dim=0) / gaps
         weights = inverse / inverse.sum()
         self.previous = losses.clone()
-        self.names, self.last_weights = batch.names, weights
         return weights
 
     def _gaps(self, losses: Tensor, names: tuple[str, ...]) -> Tensor:
@@ -139,10 +128,3 @@ class FAMO(GradientBalancingStrategy):
         step_size = self.lr / (1 - BETAS[0] ** self.steps)
         denominator = self.exp_avg_sq.sqrt() / math.sqrt(1 - BETAS[1] ** self.steps) + ADAM_EPS
         self.logits = logits - step_size * self.exp_avg / denominator
-
-    @override
-    def log_values(self) -> dict[str, Tensor | float]:
-        return weight_log_values(self.names, self.last_weights)
-
-    def __repr__(self) -> str:
-        return f"FAMO(lr={self.lr}, gamma={self.gamma}, min_losses={self.min_losses})"

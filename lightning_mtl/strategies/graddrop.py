@@ -9,13 +9,12 @@ from typing_extensions import override
 from lightning_mtl.strategies._gradient_surgery import (
     checked_seed,
     column_blocks,
-    jacobian_of,
     positive_part,
 )
 from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
+    EditedGradients,
+    GradientSurgery,
+    JacobianBatch,
     step_generator,
 )
 
@@ -48,7 +47,7 @@ def sign_purity(positive: Tensor, negative: Tensor) -> Tensor:
     return torch.where(total > 0, positive / positive_part(total), torch.full_like(total, 0.5))
 
 
-class GradDrop(GradientBalancingStrategy):
+class GradDrop(GradientSurgery):
     """Gradient sign dropout (Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, "Just Pick
     a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout", NeurIPS 2020).
 
@@ -90,8 +89,6 @@ class GradDrop(GradientBalancingStrategy):
         tensor([ 4., -3.])
     """
 
-    requirement = Requirement.JACOBIAN
-
     def __init__(self, leak: float = 0.0, seed: int = 0) -> None:
         if not 0.0 <= leak <= 1.0:
             raise ValueError(f"leak must lie in [0, 1]; got {leak}.")
@@ -99,8 +96,8 @@ class GradDrop(GradientBalancingStrategy):
         self.seed = checked_seed(seed)
 
     @override
-    def direction(self, batch: ObjectiveBatch) -> Tensor:
-        jacobian = jacobian_of(self, batch)
+    def edit(self, batch: JacobianBatch) -> EditedGradients:
+        jacobian = batch.jacobian
         generator = step_generator(self.seed, batch.progress.step, jacobian.device)
         threshold = torch.rand(jacobian.shape[1], generator=generator, device=jacobian.device)
         positive, negative = signed_sums(jacobian)
@@ -109,10 +106,8 @@ class GradDrop(GradientBalancingStrategy):
         # multiply rather than select (torch.where), so that an inf or a NaN in either sum reaches
         # the update even where its sign is dropped (inf · 0 is NaN).
         masked = (1.0 - self.leak) * keep_positive
-        if self.record_adjusted:
-            kept, dropped = self.leak + masked, 1.0 - masked
-            self.adjusted_gradients = jacobian.clamp_min(0) * kept + jacobian.clamp_max(0) * dropped
-        return positive * (self.leak + masked) - negative * (1.0 - masked)
-
-    def __repr__(self) -> str:
-        return f"GradDrop(leak={self.leak}, seed={self.seed})"
+        kept, dropped = self.leak + masked, 1.0 - masked
+        return EditedGradients(
+            direction=positive * kept - negative * dropped,
+            rows=lambda: jacobian.clamp_min(0) * kept + jacobian.clamp_max(0) * dropped,
+        )

@@ -14,15 +14,14 @@ from lightning_mtl.strategies._gradient_surgery import (
     Visit,
     checked_seed,
     combine,
-    jacobian_of,
     others_in_random_order,
     positive_part,
     sequential_surgery,
 )
 from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
+    EditedGradients,
+    GradientSurgery,
+    JacobianBatch,
     step_generator,
 )
 
@@ -56,7 +55,7 @@ def vaccine_step(visit: Visit, targets: Tensor) -> Tensor:
     return torch.where(below, step, torch.zeros_like(step))
 
 
-class GradVac(GradientBalancingStrategy):
+class GradVac(GradientSurgery):
     """Gradient Vaccine (Wang, Tsvetkov, Firat & Cao, "Gradient Vaccine: Investigating and
     Improving Multi-task Optimization in Massively Multilingual Models", ICLR 2021, algorithm 1).
 
@@ -112,8 +111,6 @@ class GradVac(GradientBalancingStrategy):
                 [-0.3536,  0.0000]])
     """
 
-    requirement = Requirement.JACOBIAN
-
     def __init__(self, beta: float = 1e-2, seed: int = 0) -> None:
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1]; got {beta}.")
@@ -132,10 +129,10 @@ class GradVac(GradientBalancingStrategy):
             )
         self.names = names
 
-    def coefficients(self, batch: ObjectiveBatch) -> Tensor:
+    def coefficients(self, batch: JacobianBatch) -> Tensor:
         """``[T, T]`` float64 ``C``: the changed gradients are ``C @ batch.jacobian``. Moves the
         targets."""
-        jacobian = jacobian_of(self, batch)
+        jacobian = batch.jacobian
         size = batch.num_objectives
         if self.targets is None:
             # Created on the device, not moved there: a host-to-device copy would synchronise.
@@ -154,17 +151,21 @@ class GradVac(GradientBalancingStrategy):
         self.names = batch.names
         return surgery.coefficients
 
-    @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        return self.coefficients(batch).sum(dim=0).to(jacobian_of(self, batch).dtype)
+    def weights(self, batch: JacobianBatch) -> Tensor:
+        """``[T]`` weights of the original gradients: the update is ``weights @ jacobian``.
+        Moves the targets."""
+        return self.coefficients(batch).sum(dim=0).to(batch.jacobian.dtype)
 
     @override
-    def direction(self, batch: ObjectiveBatch) -> Tensor:
-        jacobian = jacobian_of(self, batch)
+    def edit(self, batch: JacobianBatch) -> EditedGradients:
+        jacobian = batch.jacobian
         coefficients = self.coefficients(batch)
-        if self.record_adjusted:
-            self.adjusted_gradients = coefficients.to(jacobian.dtype) @ jacobian
-        return combine(coefficients.sum(dim=0), jacobian)
+        weights = coefficients.sum(dim=0)
+        self.record_weights(batch.names, weights.float())
+        return EditedGradients(
+            direction=combine(weights, jacobian),
+            rows=lambda: coefficients.to(jacobian.dtype) @ jacobian,
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -176,6 +177,3 @@ class GradVac(GradientBalancingStrategy):
         names = state_dict["names"]
         self.names = tuple(names) if names is not None else None
         self.targets = state_dict["targets"]
-
-    def __repr__(self) -> str:
-        return f"GradVac(beta={self.beta}, seed={self.seed})"

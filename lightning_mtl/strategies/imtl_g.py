@@ -12,7 +12,7 @@ from lightning_mtl.strategies._gramian_tools import (
     significant,
     symmetric_eigh,
 )
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 
 # Below this fraction of Σ|v_t| the sum Σ v_t is cancellation noise.
 _DEGENERATE_SUM = 1e-8
@@ -21,7 +21,7 @@ _DEGENERATE_SUM = 1e-8
 _OUT_OF_RANGE = 1e-3
 
 
-class IMTLG(GradientBalancingStrategy):
+class IMTLG(GramianWeighting):
     """Impartial MTL, gradient part: weights ``α`` making ``d = Jᵀα`` project equally on every
     unit gradient, ``⟨d, g_t / ‖g_t‖⟩ = k`` for all ``t``.
 
@@ -56,12 +56,8 @@ class IMTLG(GradientBalancingStrategy):
         tensor([0.6667, 0.6667])
     """
 
-    requirement = Requirement.GRAMIAN
-
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        if batch.gramian is None:
-            raise ValueError("IMTLG needs the Gramian.")
+    def weights(self, batch: GramianBatch) -> Tensor:
         gramian = batch.gramian.double()
         eigenvalues, eigenvectors = symmetric_eigh(gramian)
         kept = significant(eigenvalues, batch.gramian.dtype)
@@ -74,6 +70,3 @@ class IMTLG(GradientBalancingStrategy):
         weights = torch.where(degenerate, 0.0, solution / torch.where(degenerate, 1.0, total.abs()))
         uniform = torch.full_like(weights, 1.0 / len(weights))
         return finite_or(weights, uniform).to(batch.gramian.dtype)
-
-    def __repr__(self) -> str:
-        return "IMTLG()"

@@ -9,15 +9,10 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    device_vector,
-)
+from lightning_mtl.strategies.base import LossBatch, LossWeighting, device_vector
 
 
-class LinearScalarization(GradientBalancingStrategy):
+class LinearScalarization(LossWeighting):
     """Update along ``Σ_t w_t ∇L_t`` with fixed weights; one backward pass per step.
 
     Args:
@@ -33,7 +28,7 @@ class LinearScalarization(GradientBalancingStrategy):
         tensor([2., 1.])
     """
 
-    requirement = Requirement.LOSSES
+    reads_loss_values = False
 
     def __init__(
         self, weights: Mapping[str, float] | None = None, default_weight: float = 1.0
@@ -56,17 +51,9 @@ class LinearScalarization(GradientBalancingStrategy):
             )
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        reference = batch.losses if batch.losses is not None else batch.jacobian
-        assert reference is not None
-        key = (batch.names, reference.device)
+    def weights(self, batch: LossBatch) -> Tensor:
+        key = (batch.names, batch.losses.device)
         if key not in self._cached:
             values = [self.named_weights.get(name, self.default_weight) for name in batch.names]
-            self._cached[key] = device_vector(values, reference)
+            self._cached[key] = device_vector(values, batch.losses)
         return self._cached[key]
-
-    def __repr__(self) -> str:
-        return (
-            f"LinearScalarization(weights={self.named_weights}, "
-            f"default_weight={self.default_weight})"
-        )

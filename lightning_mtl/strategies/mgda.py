@@ -9,7 +9,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_mtl.strategies._gramian_tools import finite_or, row_norms, solvable
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 from lightning_mtl.strategies.solvers import solve_simplex_qp
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -19,7 +19,7 @@ _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 _NORMALIZER_FLOOR = 1e-8
 
 
-class MGDA(GradientBalancingStrategy):
+class MGDA(GramianWeighting):
     """Multiple-gradient descent: update along the minimum-norm element of the convex hull of the
     gradients, ``d = Jᵀw`` with ``w = argmin_{w ∈ Δ} ‖Jᵀw‖²``.
 
@@ -52,19 +52,16 @@ class MGDA(GradientBalancingStrategy):
         tensor([0.4000, 0.8000])
     """
 
-    requirement = Requirement.GRAMIAN
-
     def __init__(self, normalization: Normalization = "none") -> None:
         if normalization not in _NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {list(_NORMALIZATIONS)}; got {normalization!r}."
             )
         self.normalization = normalization
+        self.reads_loss_values = normalization in ("loss", "loss+")
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        if batch.gramian is None:
-            raise ValueError("MGDA needs the Gramian.")
+    def weights(self, batch: GramianBatch) -> Tensor:
         gramian = batch.gramian.double()
         normalizers = self._normalizers(batch, gramian)
         if normalizers is not None:
@@ -74,22 +71,14 @@ class MGDA(GradientBalancingStrategy):
         uniform = torch.full_like(weights, 1.0 / len(weights))
         return finite_or(weights, uniform, finite).to(batch.gramian.dtype)
 
-    def _normalizers(self, batch: ObjectiveBatch, gramian: Tensor) -> Tensor | None:
+    def _normalizers(self, batch: GramianBatch, gramian: Tensor) -> Tensor | None:
         if self.normalization == "none":
             return None
         if self.normalization == "l2":
             normalizers = row_norms(gramian)
         else:
-            if batch.losses is None:
-                raise ValueError(
-                    f"MGDA(normalization={self.normalization!r}) needs the losses; "
-                    "pass aggregate(..., losses=...)."
-                )
             normalizers = batch.losses.double()
             if self.normalization == "loss+":
                 normalizers = normalizers * row_norms(gramian)
         floor = (_NORMALIZER_FLOOR * normalizers.amax()).clamp_min(torch.finfo(torch.float64).tiny)
         return normalizers.clamp_min(floor)
-
-    def __repr__(self) -> str:
-        return f"MGDA(normalization={self.normalization!r})"

@@ -10,15 +10,10 @@ from typing_extensions import override
 
 from lightning_mtl.strategies._bargaining import clipped_update_weights, solve_bargaining
 from lightning_mtl.strategies._gramian_tools import finite_or
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    weight_log_values,
-)
+from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 
 
-class NashMTL(GradientBalancingStrategy):
+class NashMTL(GramianWeighting):
     """Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, "Multi-Task
     Learning as a Bargaining Game", ICML 2022).
 
@@ -70,7 +65,6 @@ class NashMTL(GradientBalancingStrategy):
         tensor([0.7071, 0.7071])
     """
 
-    requirement = Requirement.GRAMIAN
     state_fields = ("alpha", "solved_at")
 
     def __init__(
@@ -98,14 +92,10 @@ class NashMTL(GradientBalancingStrategy):
         self.tol = float(tol)
         self.alpha: Tensor | None = None
         self.solved_at: int | None = None
-        self.names: tuple[str, ...] = ()
-        self.last_weights: Tensor | None = None
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
+    def weights(self, batch: GramianBatch) -> Tensor:
         gramian = batch.gramian
-        if gramian is None:
-            raise ValueError("NashMTL needs the Gramian of the objectives' gradients.")
         alpha = self._previous_alpha(gramian)
         step = batch.progress.step
         if alpha is None or self._due(step):
@@ -116,7 +106,6 @@ class NashMTL(GradientBalancingStrategy):
             alpha = finite_or(solution, fallback, solved)
             self.alpha, self.solved_at = alpha, step
         weights = clipped_update_weights(alpha, gramian, self.max_norm)
-        self.names, self.last_weights = batch.names, weights
         return weights
 
     def _previous_alpha(self, gramian: Tensor) -> Tensor | None:
@@ -127,13 +116,3 @@ class NashMTL(GradientBalancingStrategy):
 
     def _due(self, step: int) -> bool:
         return self.solved_at is None or not 0 <= step - self.solved_at < self.update_weights_every
-
-    @override
-    def log_values(self) -> dict[str, Tensor | float]:
-        return weight_log_values(self.names, self.last_weights)
-
-    def __repr__(self) -> str:
-        return (
-            f"NashMTL(max_norm={self.max_norm}, update_weights_every={self.update_weights_every},"
-            f" optim_niter={self.optim_niter}, tol={self.tol})"
-        )

@@ -12,15 +12,14 @@ from lightning_mtl.strategies._gradient_surgery import (
     Visit,
     checked_seed,
     combine,
-    jacobian_of,
     others_in_random_order,
     positive_part,
     sequential_surgery,
 )
 from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
+    EditedGradients,
+    GradientSurgery,
+    JacobianBatch,
     step_generator,
 )
 
@@ -33,7 +32,7 @@ def project_if_conflicting(visit: Visit) -> Tensor:
     return torch.where(visit.inner < 0, step, torch.zeros_like(step))
 
 
-class PCGrad(GradientBalancingStrategy):
+class PCGrad(GradientSurgery):
     """Projecting conflicting gradients (Yu, Kumar, Gupta, Levine, Hausman & Finn, "Gradient
     Surgery for Multi-Task Learning", NeurIPS 2020, algorithm 1).
 
@@ -68,36 +67,33 @@ class PCGrad(GradientBalancingStrategy):
         tensor([0.5000, 1.5000])
     """
 
-    requirement = Requirement.JACOBIAN
-
     def __init__(self, reduction: Reduction = "sum", seed: int = 0) -> None:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean'; got {reduction!r}.")
         self.reduction: Reduction = reduction
         self.seed = checked_seed(seed)
 
-    def coefficients(self, batch: ObjectiveBatch) -> Tensor:
+    def coefficients(self, batch: JacobianBatch) -> Tensor:
         """``[T, T]`` float64 ``C``: the projected gradients are ``C @ batch.jacobian``."""
-        jacobian = jacobian_of(self, batch)
-        generator = step_generator(self.seed, batch.progress.step, jacobian.device)
+        generator = step_generator(self.seed, batch.progress.step, batch.jacobian.device)
         order = others_in_random_order(batch.num_objectives, generator)
-        return sequential_surgery(jacobian, order, project_if_conflicting).coefficients
+        return sequential_surgery(batch.jacobian, order, project_if_conflicting).coefficients
+
+    def weights(self, batch: JacobianBatch) -> Tensor:
+        """``[T]`` weights of the original gradients: the update is ``weights @ jacobian``."""
+        return self._reduce(self.coefficients(batch)).to(batch.jacobian.dtype)
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        return self._reduce(self.coefficients(batch)).to(jacobian_of(self, batch).dtype)
-
-    @override
-    def direction(self, batch: ObjectiveBatch) -> Tensor:
-        jacobian = jacobian_of(self, batch)
+    def edit(self, batch: JacobianBatch) -> EditedGradients:
+        jacobian = batch.jacobian
         coefficients = self.coefficients(batch)
-        if self.record_adjusted:
-            self.adjusted_gradients = coefficients.to(jacobian.dtype) @ jacobian
-        return combine(self._reduce(coefficients), jacobian)
+        weights = self._reduce(coefficients)
+        self.record_weights(batch.names, weights.float())
+        return EditedGradients(
+            direction=combine(weights, jacobian),
+            rows=lambda: coefficients.to(jacobian.dtype) @ jacobian,
+        )
 
     def _reduce(self, coefficients: Tensor) -> Tensor:
         total = coefficients.sum(dim=0)
         return total / coefficients.shape[0] if self.reduction == "mean" else total
-
-    def __repr__(self) -> str:
-        return f"PCGrad(reduction={self.reduction!r}, seed={self.seed})"

@@ -9,13 +9,7 @@ from typing import Literal
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    TrainingProgress,
-    device_vector,
-)
+from lightning_mtl.strategies.base import LossBatch, LossWeighting, TrainingProgress, device_vector
 
 
 def annealed_alpha(t: float, total: float, alpha_max: float, alpha_min: float) -> float:
@@ -35,7 +29,7 @@ def annealed_alpha(t: float, total: float, alpha_max: float, alpha_min: float) -
     return alpha_min + 0.5 * (alpha_max - alpha_min) * (1.0 + math.cos(math.pi * fraction))
 
 
-class PGI(GradientBalancingStrategy):
+class PGI(LossWeighting):
     """Pareto-guided gradient interference (PGI), the Pareto-annealing update of §3.2 of
     "PGI: Pareto-Guided Gradient Interference for Generalized Category Discovery" (anonymous,
     under review; "the PGI paper" below).
@@ -71,7 +65,8 @@ class PGI(GradientBalancingStrategy):
         tensor([0.2500, 0.7500])
     """
 
-    requirement = Requirement.LOSSES
+    reads_loss_values = False
+
     state_fields = ("start", "alpha")
 
     def __init__(
@@ -139,20 +134,11 @@ class PGI(GradientBalancingStrategy):
         return annealed_alpha(now - self.start, total, self.alpha_max, self.alpha_min)
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        reference = batch.losses if batch.losses is not None else batch.jacobian
-        assert reference is not None
+    def weights(self, batch: LossBatch) -> Tensor:
         self.alpha = self.alpha_at(batch.progress)
         by_name = {self.supervised: self.alpha, self.representation: 1.0 - self.alpha}
-        return device_vector([by_name[name] for name in batch.names], reference)
+        return device_vector([by_name[name] for name in batch.names], batch.losses)
 
     @override
     def log_values(self) -> dict[str, Tensor | float]:
-        return {"alpha": self.alpha}
-
-    def __repr__(self) -> str:
-        return (
-            f"PGI(supervised={self.supervised!r}, representation={self.representation!r}, "
-            f"alpha_max={self.alpha_max}, alpha_min={self.alpha_min}, unit={self.unit!r}, "
-            f"total={self.total})"
-        )
+        return {**super().log_values(), "alpha": self.alpha}

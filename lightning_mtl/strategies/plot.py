@@ -11,8 +11,9 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_mtl.strategies._gramian_tools import Preference, finite_or, solvable
-from lightning_mtl.strategies.base import ObjectiveBatch
+from lightning_mtl.strategies.base import GramianBatch
 from lightning_mtl.strategies.cagrad import CAGrad, conflict_averse_multipliers
+from lightning_mtl.strategies.sharpness_aware import SharpnessAware
 
 
 def class_preference(class_counts: Sequence[int]) -> list[float]:
@@ -33,27 +34,9 @@ def class_preference(class_counts: Sequence[int]) -> list[float]:
     return [value / total for value in raw]
 
 
-class PLOT(CAGrad):
-    """PLOT, from Zhou, Liu, Zhao & Gong, "Pareto Deep Long-Tailed Recognition: A Conflict-Averse
-    Solution", ICLR 2024 ("the PLOT paper" below): every class is a task, CAGrad balances the
-    per-class gradients of a layer subset, and the step anticipates the worst case with a SAM
-    perturbation.
-
-    Use with objectives from :func:`~lightning_mtl.per_class_objectives` (optionally plus the
-    per-class variability-collapse terms of :mod:`lightning_mtl.tasks.long_tail.variability`), a
-    scope naming the layers PLOT balances (the paper's appendix: the last stage is best, e.g.
-    ``scope=["layer3"]`` on ResNet-32), and :class:`~lightning_mtl.callbacks.TemporalMOO` to stop
-    after ``E`` epochs. Each step then runs, in the mixin:
-
-    1. ``compute_objectives`` with ``self.objective_pass == "perturb"`` (the base method's loss,
-       e.g. on mixed-up inputs); its gradient ``g`` trains the parameters outside the scope and
-       sets the perturbation ``ε = ρ g_scope / ‖g_scope‖`` of the scope (eq. 3–4);
-    2. ``compute_objectives`` again with ``objective_pass == "balance"`` at the perturbed
-       weights (per-class objectives on the un-mixed labels, ``L_moo = L_SAM + L_vc``);
-       CAGrad over their gradients ``g_c`` of the scope (eq. 5), below;
-    3. the perturbation is undone — all of it by default as in the paper; ``keep_perturbation``
-       keeps a fraction, as the authors' code does (1.0 on CIFAR-10 IR50/IR100) — and the
-       optimizer steps.
+class PLOTCAGrad(CAGrad):
+    """PLOT's conflict-averse weighting of the class objectives (eq. 5 of the PLOT paper), without
+    the sharpness-aware step that :class:`PLOT` adds around it.
 
     The CAGrad step of the paper (eq. 5 and appendix 6.2) and of the authors' code
     (``utils/pareto.py``): with ``g0`` the *average* of the ``K'`` class gradients of the step,
@@ -78,47 +61,32 @@ class PLOT(CAGrad):
     is built for the names of each step.
 
     Args:
-        rho: SAM radius ``ρ`` (the paper searches {1e-3, 1e-4, 1e-5}; configs use 1e-4).
         c: CAGrad's radius (0.5 in the authors' configs).
         class_counts: training samples per class, for the preference; uniform when ``None``.
         prefix: the objectives' name prefix.
-        keep_perturbation: fraction of ``ε`` left in the weights after the step, in ``[0, 1]``.
         rescale: CAGrad's rescaling (1: divide by ``1 + c²``, the authors' choice).
         scale: ``"mean"`` (the paper) or ``"sum"`` (the authors' code: ``K'`` times larger).
 
     Example::
 
         >>> import torch
-        >>> plot = PLOT(class_counts=[100, 10, 1])
-        >>> plot.sam_radius
-        0.0001
-        >>> plot.aggregate(torch.eye(2), names=["class_0", "class_2"]).shape
-        torch.Size([2])
         >>> # Orthogonal unit gradients, uniform preference: w = (½, ½), g0 + c‖g0‖ g_w/‖g_w‖
         >>> # = (1 + c) g0 = (0.75, 0.75), divided by 1 + c² = 1.25; "sum" doubles it (K' = 2).
-        >>> PLOT(scale="sum").aggregate(torch.eye(2), names=["class_0", "class_1"])
+        >>> PLOTCAGrad(scale="sum").aggregate(torch.eye(2), names=["class_0", "class_1"])
         tensor([1.2000, 1.2000])
     """
 
     def __init__(
         self,
-        rho: float = 1e-4,
         c: float = 0.5,
         class_counts: Sequence[int] | None = None,
         prefix: str = "class_",
-        keep_perturbation: float = 0.0,
         rescale: Literal[0, 1, 2] = 1,
         scale: Literal["mean", "sum"] = "mean",
     ) -> None:
         super().__init__(c=c, rescale=rescale)
         if scale not in ("mean", "sum"):
             raise ValueError(f"scale must be 'mean' or 'sum'; got {scale!r}.")
-        if not (math.isfinite(rho) and rho > 0):
-            raise ValueError(f"rho must be positive; got {rho}.")
-        if not 0.0 <= keep_perturbation <= 1.0:
-            raise ValueError(f"keep_perturbation must lie in [0, 1]; got {keep_perturbation}.")
-        self.sam_radius: float | None = float(rho)
-        self.keep_perturbation = float(keep_perturbation)
         self.scale = scale
         self.prefix = prefix
         self._preference_names: tuple[str, ...] | None = None
@@ -145,9 +113,7 @@ class PLOT(CAGrad):
             self._preference_names = key
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        if batch.gramian is None:
-            raise ValueError("PLOT needs the Gramian.")
+    def weights(self, batch: GramianBatch) -> Tensor:
         gramian, finite = solvable(batch.gramian.double())
         size = gramian.shape[-1]
         average = torch.full((size,), 1.0 / size, dtype=gramian.dtype, device=gramian.device)
@@ -180,9 +146,73 @@ class PLOT(CAGrad):
             )
         return [int(p) for p in parts]
 
-    def __repr__(self) -> str:
-        return (
-            f"PLOT(rho={self.sam_radius}, c={self.c}, keep_perturbation="
-            f"{self.keep_perturbation}, scale={self.scale!r}, "
-            f"weighted={self.class_weights is not None})"
+
+class PLOT(SharpnessAware):
+    """PLOT, from Zhou, Liu, Zhao & Gong, "Pareto Deep Long-Tailed Recognition: A Conflict-Averse
+    Solution", ICLR 2024 ("the PLOT paper" below): every class is a task, CAGrad balances the
+    per-class gradients of a layer subset (:class:`PLOTCAGrad`), and the step anticipates the
+    worst case with a SAM perturbation (:class:`~lightning_mtl.strategies.SharpnessAware`).
+
+    Use with objectives from :func:`~lightning_mtl.per_class_objectives` (optionally plus the
+    per-class variability-collapse terms of :mod:`lightning_mtl.tasks.long_tail.variability`), a
+    scope naming the layers PLOT balances (the paper's appendix: the last stage is best, e.g.
+    ``scope=["layer3"]`` on ResNet-32), and :class:`~lightning_mtl.callbacks.TemporalMOO` to stop
+    after ``E`` epochs. Each step then runs, in the mixin:
+
+    1. the module's ``compute_perturbation_objectives`` (the base method's loss, e.g. on
+       mixed-up inputs); its gradient ``g`` trains the parameters outside the scope and sets the
+       perturbation ``ε = ρ g_scope / ‖g_scope‖`` of the scope (eq. 3–4);
+    2. ``compute_objectives`` at the perturbed weights (per-class objectives on the un-mixed
+       labels, ``L_moo = L_SAM + L_vc``); :class:`PLOTCAGrad` over their gradients ``g_c`` of
+       the scope (eq. 5);
+    3. the perturbation is undone — all of it by default as in the paper; ``keep_perturbation``
+       keeps a fraction, as the authors' code does (1.0 on CIFAR-10 IR50/IR100) — and the
+       optimizer steps.
+
+    Args:
+        rho: SAM radius ``ρ`` (the paper searches {1e-3, 1e-4, 1e-5}; configs use 1e-4).
+        c: CAGrad's radius (0.5 in the authors' configs).
+        class_counts: training samples per class, for the preference; uniform when ``None``.
+        prefix: the objectives' name prefix.
+        keep_perturbation: fraction of ``ε`` left in the weights after the step, in ``[0, 1]``.
+        rescale: CAGrad's rescaling (1: divide by ``1 + c²``, the authors' choice).
+        scale: ``"mean"`` (the paper) or ``"sum"`` (the authors' code: ``K'`` times larger).
+
+    Example::
+
+        >>> import torch
+        >>> plot = PLOT(class_counts=[100, 10, 1])
+        >>> plot.rho, plot.keep
+        (0.0001, 0.0)
+        >>> plot.aggregate(torch.eye(2), names=["class_0", "class_2"]).shape
+        torch.Size([2])
+        >>> PLOT(scale="sum").aggregate(torch.eye(2), names=["class_0", "class_1"])
+        tensor([1.2000, 1.2000])
+    """
+
+    inner: PLOTCAGrad
+
+    def __init__(
+        self,
+        rho: float = 1e-4,
+        c: float = 0.5,
+        class_counts: Sequence[int] | None = None,
+        prefix: str = "class_",
+        keep_perturbation: float = 0.0,
+        rescale: Literal[0, 1, 2] = 1,
+        scale: Literal["mean", "sum"] = "mean",
+    ) -> None:
+        super().__init__(
+            PLOTCAGrad(c=c, class_counts=class_counts, prefix=prefix, rescale=rescale, scale=scale),
+            rho=rho,
+            keep=keep_perturbation,
         )
+
+    @property
+    def class_weights(self) -> list[float] | None:
+        """The class-frequency preference of :class:`PLOTCAGrad` (settable)."""
+        return self.inner.class_weights
+
+    @class_weights.setter
+    def class_weights(self, weights: Sequence[float] | None) -> None:
+        self.inner.class_weights = weights

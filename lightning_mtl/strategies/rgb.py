@@ -10,14 +10,14 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
+    EditedGradients,
+    GradientSurgery,
+    JacobianBatch,
     gramian_of,
 )
 
 
-class RGB(GradientBalancingStrategy):
+class RGB(GradientSurgery):
     """Rotation-based gradient balancing (RGB), Algorithm 1 of "Preserving Gradient Harmony: A
     Rotation-Based Gradient Balancing for Multi-Task Conflict Remedy" (anonymous, under review;
     "the RGB paper" below).
@@ -74,7 +74,6 @@ class RGB(GradientBalancingStrategy):
         tensor([0.5000, 0.5000])
     """
 
-    requirement = Requirement.JACOBIAN
     state_fields = ("ema_direction", "previous_losses")
 
     def __init__(
@@ -116,6 +115,7 @@ class RGB(GradientBalancingStrategy):
         self.alpha_max = alpha_max
         self.k_std = k_std
         self.eps = eps
+        self.reads_loss_values = adaptive
         self.ema_direction: Tensor | None = None
         self.previous_losses: Tensor | None = None
         self.angles: Tensor | None = None
@@ -126,10 +126,8 @@ class RGB(GradientBalancingStrategy):
             raise ValueError(f"RGB balances at least two objectives; got {list(names)}.")
 
     @override
-    def direction(self, batch: ObjectiveBatch) -> Tensor:
+    def edit(self, batch: JacobianBatch) -> EditedGradients:
         jacobian = batch.jacobian
-        if jacobian is None:
-            raise ValueError("RGB needs the per-objective Jacobian.")
         gramian = gramian_of(jacobian)
         inverse = 1.0 / (gramian.diagonal().clamp_min(0).sqrt() + self.eps)
         unit_gramian = gramian * inverse[:, None] * inverse[None, :]
@@ -150,20 +148,19 @@ class RGB(GradientBalancingStrategy):
         a, b = geometry.rotated_coefficients(angles)
         lengths = geometry.lengths(a, b)
         a, b = a / (lengths + self.eps), b / (lengths + self.eps)
-        if self.record_adjusted:
-            scaled = (a * inverse).to(jacobian.dtype)
-            self.adjusted_gradients = (
-                scaled[:, None] * jacobian + b.to(jacobian.dtype)[:, None] * ema
-            )
         row_weights = (a * inverse / count).to(jacobian.dtype)
-        return row_weights @ jacobian + (b.sum() / count).to(jacobian.dtype) * ema
+        return EditedGradients(
+            direction=row_weights @ jacobian + (b.sum() / count).to(jacobian.dtype) * ema,
+            rows=lambda: (
+                (a * inverse).to(jacobian.dtype)[:, None] * jacobian
+                + b.to(jacobian.dtype)[:, None] * ema
+            ),
+        )
 
-    def _inner_steps(self, losses: Tensor | None) -> tuple[int, Tensor | None]:
+    def _inner_steps(self, losses: Tensor) -> tuple[int, Tensor | None]:
         """The inner-step budget: a fixed count, or ``alpha_max`` with a device-side cut-off."""
         if not self.adaptive:
             return self.alpha_steps, None
-        if losses is None:
-            raise ValueError("adaptive RGB needs the objectives' losses.")
         previous, self.previous_losses = self.previous_losses, losses.detach().double()
         if previous is None or previous.shape != losses.shape:
             return self.alpha_max, None
@@ -196,13 +193,6 @@ class RGB(GradientBalancingStrategy):
         if self.angles is None:
             return {}
         return {"mean_angle_deg": torch.rad2deg(self.angles.mean())}
-
-    def __repr__(self) -> str:
-        return (
-            f"RGB(momentum={self.momentum}, proximity_weight={self.proximity_weight}, "
-            f"alpha_steps={self.alpha_steps}, alpha_lr={self.alpha_lr}, "
-            f"update_interval={self.update_interval}, adaptive={self.adaptive})"
-        )
 
 
 class _Geometry:

@@ -8,13 +8,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    step_generator,
-    weight_log_values,
-)
+from lightning_mtl.strategies.base import LossBatch, LossWeighting, step_generator
 
 Distribution = Literal["normal", "uniform", "dirichlet"]
 
@@ -32,7 +26,7 @@ def draw(distribution: Distribution, count: int, generator: torch.Generator) -> 
     return exponential / exponential.sum()
 
 
-class RLW(GradientBalancingStrategy):
+class RLW(LossWeighting):
     """Random loss weighting (Lin, Ye, Zhang & Tsang, "Reasonable Effectiveness of Random
     Weighting: A Litmus Test for Multi-Task Learning", TMLR 2022).
 
@@ -64,7 +58,7 @@ class RLW(GradientBalancingStrategy):
         (True, 1.0)
     """
 
-    requirement = Requirement.LOSSES
+    reads_loss_values = False
 
     def __init__(self, distribution: Distribution = "normal", seed: int = 0) -> None:
         if distribution not in ("normal", "uniform", "dirichlet"):
@@ -75,21 +69,8 @@ class RLW(GradientBalancingStrategy):
             raise ValueError(f"seed must be an integer; got {seed!r}.")
         self.distribution: Distribution = distribution
         self.seed = seed
-        self.names: tuple[str, ...] = ()
-        self.last_weights: Tensor | None = None
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        reference = batch.losses if batch.losses is not None else batch.jacobian
-        assert reference is not None
-        generator = step_generator(self.seed, batch.progress.step, reference.device)
-        weights = torch.softmax(draw(self.distribution, batch.num_objectives, generator), dim=0)
-        self.names, self.last_weights = batch.names, weights
-        return weights
-
-    @override
-    def log_values(self) -> dict[str, Tensor | float]:
-        return weight_log_values(self.names, self.last_weights)
-
-    def __repr__(self) -> str:
-        return f"RLW(distribution={self.distribution!r}, seed={self.seed})"
+    def weights(self, batch: LossBatch) -> Tensor:
+        generator = step_generator(self.seed, batch.progress.step, batch.losses.device)
+        return torch.softmax(draw(self.distribution, batch.num_objectives, generator), dim=0)

@@ -8,69 +8,66 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import (
+    GradientBalancingStrategy,
+    GramianBatch,
+    GramianWeighting,
+    JacobianBatch,
+    JacobianStrategy,
+)
 
 Statistic = Literal["gramian", "jacobian"]
 
 
-class TorchJDAggregator(GradientBalancingStrategy):
+class TorchJDAggregator(JacobianStrategy):
     """A torchjd ``Aggregator`` applied to the ``[T, D]`` Jacobian of the balanced scope.
 
-    Build it with :func:`from_torchjd`.
+    Build it with :func:`from_torchjd` (its ``repr`` says so).
     """
-
-    requirement = Requirement.JACOBIAN
 
     def __init__(self, aggregator: torch.nn.Module) -> None:
         self.aggregator = aggregator
 
     @override
-    def direction(self, batch: ObjectiveBatch) -> Tensor:
-        if batch.jacobian is None:
-            raise ValueError(f"{self!r} needs the jacobian.")
+    def direction(self, batch: JacobianBatch) -> Tensor:
         return self.aggregator(batch.jacobian)
 
     def __repr__(self) -> str:
         return f"from_torchjd({self.aggregator!r})"
 
 
-class TorchJDWeighting(GradientBalancingStrategy):
+class TorchJDWeighting(GramianWeighting):
     """Weights from a torchjd ``Weighting`` of the ``[T, T]`` Gramian ``J Jᵀ``.
 
-    Build it with :func:`from_torchjd`.
+    Build it with :func:`from_torchjd` (its ``repr`` says so).
     """
-
-    requirement = Requirement.GRAMIAN
 
     def __init__(self, weighting: torch.nn.Module) -> None:
         self.weighting = weighting
 
-    def statistic(self, batch: ObjectiveBatch) -> Tensor | None:
-        """The matrix that the weighting reads."""
-        return batch.gramian
-
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        matrix = self.statistic(batch)
-        if matrix is None:
-            raise ValueError(f"{self!r} needs the {self.requirement.value}.")
-        return self.weighting(matrix)
+    def weights(self, batch: GramianBatch) -> Tensor:
+        return self.weighting(batch.gramian)
 
     def __repr__(self) -> str:
         return f"from_torchjd({self.weighting!r})"
 
 
-class TorchJDMatrixWeighting(TorchJDWeighting):
-    """Weights from a torchjd ``Weighting`` of the ``[T, D]`` Jacobian itself.
+class TorchJDMatrixWeighting(JacobianStrategy):
+    """Weights from a torchjd ``Weighting`` of the ``[T, D]`` Jacobian itself; the update is
+    their combination of the rows.
 
-    Build it with :func:`from_torchjd`.
+    Build it with :func:`from_torchjd` (its ``repr`` says so).
     """
 
-    requirement = Requirement.JACOBIAN
+    def __init__(self, weighting: torch.nn.Module) -> None:
+        self.weighting = weighting
 
     @override
-    def statistic(self, batch: ObjectiveBatch) -> Tensor | None:
-        return batch.jacobian
+    def direction(self, batch: JacobianBatch) -> Tensor:
+        weights = self.weighting(batch.jacobian)
+        self.record_weights(batch.names, weights)
+        return weights.to(batch.jacobian.dtype) @ batch.jacobian
 
     def __repr__(self) -> str:
         return f"from_torchjd({self.weighting!r}, statistic='jacobian')"
@@ -83,12 +80,14 @@ def from_torchjd(method: Any, statistic: Statistic | None = None) -> GradientBal
     unscaled gradients, under DDP the Jacobian averaged over processes, and gradient callbacks
     observe it like any other strategy.
 
-    * An ``Aggregator`` (``UPGrad()``, ``MGDA()``, ``PCGrad()``…) becomes a ``JACOBIAN``
-      strategy whose update is the aggregator applied to the scope's Jacobian.
+    * An ``Aggregator`` (``UPGrad()``, ``MGDA()``, ``PCGrad()``…) becomes a
+      :class:`~lightning_mtl.strategies.JacobianStrategy` whose update is the aggregator applied
+      to the scope's Jacobian.
     * A ``Weighting`` becomes a weighting strategy. ``statistic`` names the matrix it reads: the
-      Gramian ``J Jᵀ`` (a ``GRAMIAN`` strategy; torchjd's Gramian weightings such as
-      ``UPGradWeighting``) or the Jacobian itself (a ``JACOBIAN`` strategy; torchjd's matrix
-      weightings such as ``MeanWeighting``). By default it is inferred from torchjd's base
+      Gramian ``J Jᵀ`` (a :class:`~lightning_mtl.strategies.GramianWeighting`; torchjd's Gramian
+      weightings such as ``UPGradWeighting``) or the Jacobian itself (a
+      :class:`~lightning_mtl.strategies.JacobianStrategy`; torchjd's matrix weightings such as
+      ``MeanWeighting``). By default it is inferred from torchjd's base
       classes, looking through ``CRMOGMWeighting``; pass it for weightings composed otherwise
       (such as ``weighting << function``).
       Weightings that expect a matrix built from two independent batches (``MoDoWeighting``,

@@ -15,11 +15,11 @@ from lightning_mtl.strategies._gramian_tools import (
     finite_or,
     solvable,
 )
-from lightning_mtl.strategies.base import GradientBalancingStrategy, ObjectiveBatch, Requirement
+from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 from lightning_mtl.strategies.solvers import solve_nonnegative_qp
 
 
-class UPGrad(GradientBalancingStrategy):
+class UPGrad(GramianWeighting):
     """Unconflicting projection of gradients: project each gradient onto the dual cone
     ``{x : J x ≥ 0}`` of all of them and combine the projections, ``d = Σ_t p_t π_J(g_t)``.
 
@@ -57,8 +57,6 @@ class UPGrad(GradientBalancingStrategy):
         tensor([0.2500, 0.7500])
     """
 
-    requirement = Requirement.GRAMIAN
-
     def __init__(
         self, pref_vector: PreferenceSpec = None, norm_eps: float = 0.0, reg_eps: float = 0.0
     ) -> None:
@@ -74,9 +72,7 @@ class UPGrad(GradientBalancingStrategy):
         self.pref_vector.check(names)
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        if batch.gramian is None:
-            raise ValueError("UPGrad needs the Gramian.")
+    def weights(self, batch: GramianBatch) -> Tensor:
         gramian, finite = solvable(self._conditioned(batch.gramian.double()))
         preference = self.pref_vector.vector(batch.names, batch.gramian).double()
         size = len(preference)
@@ -94,10 +90,4 @@ class UPGrad(GradientBalancingStrategy):
             return normalized
         return normalized + self.reg_eps * torch.eye(
             len(gramian), dtype=gramian.dtype, device=gramian.device
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"UPGrad(pref_vector={self.pref_vector!r}, norm_eps={self.norm_eps}, "
-            f"reg_eps={self.reg_eps})"
         )

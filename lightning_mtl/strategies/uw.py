@@ -8,16 +8,10 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies.base import (
-    GradientBalancingStrategy,
-    ObjectiveBatch,
-    Requirement,
-    objective_losses,
-    weight_log_values,
-)
+from lightning_mtl.strategies.base import LossBatch, LossWeighting
 
 
-class UW(GradientBalancingStrategy):
+class UW(LossWeighting):
     """Uncertainty weighting (Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to
     Weigh Losses for Scene Geometry and Semantics", CVPR 2018).
 
@@ -56,7 +50,6 @@ class UW(GradientBalancingStrategy):
         tensor([1.0000, 0.3679])
     """
 
-    requirement = Requirement.LOSSES
     state_fields = ("log_variances",)
 
     def __init__(self, lr: float = 0.01, initial_log_variance: float = 0.0) -> None:
@@ -67,24 +60,14 @@ class UW(GradientBalancingStrategy):
         self.lr = float(lr)
         self.initial_log_variance = float(initial_log_variance)
         self.log_variances: Tensor | None = None
-        self.names: tuple[str, ...] = ()
-        self.last_weights: Tensor | None = None
 
     @override
-    def weights(self, batch: ObjectiveBatch) -> Tensor:
-        losses = objective_losses(batch, "UW")
+    def weights(self, batch: LossBatch) -> Tensor:
+        losses = batch.losses
         if self.log_variances is None:
             log_variances = torch.full_like(losses, self.initial_log_variance)
         else:
             log_variances = self.log_variances.to(losses.device)
         weights = torch.exp(-log_variances)
         self.log_variances = log_variances - self.lr * (1.0 - weights * losses)
-        self.names, self.last_weights = batch.names, weights
         return weights
-
-    @override
-    def log_values(self) -> dict[str, Tensor | float]:
-        return weight_log_values(self.names, self.last_weights)
-
-    def __repr__(self) -> str:
-        return f"UW(lr={self.lr}, initial_log_variance={self.initial_log_variance})"

@@ -143,6 +143,11 @@ class ClassifierRetraining(Callback):
         for module in self._frozen_batchnorms:
             module.train(pl_module.training)
 
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(epoch=self.epoch, classifier=self.classifier)
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {

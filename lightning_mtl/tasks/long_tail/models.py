@@ -211,10 +211,13 @@ class LongTailClassifier(MultiObjectiveMixin, pl.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images)
 
+    def compute_perturbation_objectives(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """The base method's loss (mixed up when ``mixup_alpha > 0``): PLOT's perturbing pass."""
+        images, labels = batch
+        return {"base": self._base_loss(images, labels)}
+
     def compute_objectives(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         images, labels = batch
-        if self.objective_pass == "perturb":
-            return {"base": self._base_loss(images, labels)}
         num_classes = self.hparams.num_classes
         # The step's one host synchronisation: which classes are present, and how often
         # (counted with index_add_: bincount would first read the largest label on the host).

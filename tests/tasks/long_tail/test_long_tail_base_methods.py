@@ -118,8 +118,7 @@ def test_mixup_with_ldam_drw_in_the_perturbing_pass() -> None:
     model = attach(
         LongTailClassifier(num_classes=4, loss="ldam", drw_start_epoch=0, mixup_alpha=1.0)
     )
-    model.objective_pass = "perturb"
-    loss = model.compute_objectives((IMAGES, LABELS), 0)["base"]
+    loss = model.compute_perturbation_objectives((IMAGES, LABELS), 0)["base"]
     mixed, perm, lam = mixup_pairs(IMAGES, 1.0, torch.Generator().manual_seed(0))
     logits = model(mixed)
     w = drw_by_hand(COUNTS)

@@ -79,7 +79,7 @@ def test_plot_pooled_objective_gets_the_sum_of_the_class_preferences() -> None:
     plot = PLOT(class_counts=counts)
     expected = class_preference(counts)
     plot.setup(["class_0", "class_1+3"])
-    vector = plot.preference.vector(("class_0", "class_1+3"), torch.zeros(1))
+    vector = plot.inner.preference.vector(("class_0", "class_1+3"), torch.zeros(1))
     torch.testing.assert_close(
         vector, torch.tensor([expected[0], expected[1] + expected[3]], dtype=vector.dtype)
     )
@@ -103,8 +103,7 @@ def test_plot_adds_the_variability_collapse_share_of_each_class() -> None:
 
 def test_perturbing_pass_is_the_mixup_loss() -> None:
     model = LongTailClassifier(mixup_alpha=0.4)
-    model.objective_pass = "perturb"
-    loss = model.compute_objectives((IMAGES, LABELS), 0)["base"]
+    loss = model.compute_perturbation_objectives((IMAGES, LABELS), 0)["base"]
     generator = torch.Generator().manual_seed(0)  # step 0
     mixed, soft, _ = mixup(IMAGES, F.one_hot(LABELS, 10).float(), 0.4, generator)
     torch.testing.assert_close(loss, F.cross_entropy(model(mixed), soft))
