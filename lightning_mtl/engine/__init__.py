@@ -6,10 +6,10 @@ from lightning_mtl.engine.balance import (
     GradientEngine,
     ObjectiveGradients,
     Scope,
-    full_precision,
 )
 from lightning_mtl.engine.jacobian import JacobianComputer
 from lightning_mtl.engine.observers import BALANCED_SCOPE, GradientObserver
+from lightning_mtl.engine.precision import full_precision
 from lightning_mtl.engine.scope import (
     reachable_leaves,
     shared_parameters,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from lightning_mtl.engine.jacobian import JacobianComputer, flatten, unflatten_into_grads
+from lightning_mtl.engine.precision import full_precision
 from lightning_mtl.strategies.base import (
     GradientBalancingStrategy,
     GradientSurgery,
@@ -71,26 +71,6 @@ class ObjectiveGradients:
     jacobian: Tensor
     update: Tensor
     edited: Tensor | None = None
-
-
-@contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Autocast off on ``device``: the balancing arithmetic (Gramian, solver input and output,
-    combined direction, strategy state) stays in float32 or wider under ``bf16-mixed`` and
-    ``16-mixed``, while the objectives were differentiated as the user's precision dictates.
-
-    Example::
-
-        >>> a = torch.ones(2, 2)
-        >>> with torch.autocast("cpu", dtype=torch.bfloat16), full_precision(a.device):
-        ...     (a @ a).dtype
-        torch.float32
-    """
-    if not torch.amp.is_autocast_available(device.type):
-        yield
-        return
-    with torch.autocast(device.type, enabled=False):
-        yield
 
 
 @dataclass(frozen=True)

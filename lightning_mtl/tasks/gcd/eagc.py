@@ -43,23 +43,17 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lightning_mtl.engine.precision import full_precision
+
 __all__ = ["EAGC", "ReferenceAnchor", "conceptor", "feature_energy"]
 
 _CHUNK_ROWS = 8192
 """Rows per block when accumulating ``ZᵀZ``: bounds the float64 copy of the features."""
-
-
-def _autocast_disabled(device: torch.device) -> AbstractContextManager[object]:
-    """Disable autocast on ``device``; a no-op where autocast does not exist (e.g. ``meta``)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return nullcontext()
 
 
 def _check_matrix(name: str, tensor: Tensor) -> None:
@@ -122,7 +116,7 @@ def conceptor(features: Tensor, aperture: float = 2.0) -> Tensor:
         raise ValueError(f"`features` must be non-empty, got shape {tuple(features.shape)}.")
     # MPS has no float64; the one-off D×D computation is cheap enough on the CPU.
     device = torch.device("cpu") if features.device.type == "mps" else features.device
-    with _autocast_disabled(device):
+    with full_precision(device):
         gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
         for start in range(0, num_rows, _CHUNK_ROWS):
             block = features[start : start + _CHUNK_ROWS].to(device, torch.float64)
@@ -168,7 +162,7 @@ def feature_energy(z: Tensor, C: Tensor) -> Tensor:
             f"shape {tuple(C.shape)} and dtype {C.dtype}."
         )
     dtype = torch.promote_types(torch.promote_types(z.dtype, C.dtype), torch.float32)
-    with _autocast_disabled(z.device):
+    with full_precision(z.device):
         rows = z.to(dtype)
         quadratic = ((rows @ C.to(dtype)) * rows).sum(dim=1)
         squared_norm = (rows * rows).sum(dim=1)
@@ -194,7 +188,7 @@ class _FeatureGradientEdit(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         matrix, beta, pull = ctx.saved_tensors
-        with _autocast_disabled(grad.device):
+        with full_precision(grad.device):
             edited = grad.float()
             if beta is not None:
                 edited = edited - beta[:, None] * (edited @ matrix)
@@ -376,7 +370,7 @@ class EAGC(nn.Module):
         update = self.training and self._initialised
         if not (edit or update):
             return z
-        with torch.no_grad(), _autocast_disabled(z.device):
+        with torch.no_grad(), full_precision(z.device):
             rows = z.detach().float()
             mean = self.energy_mean.float()
             energy = feature_energy(rows, self.conceptor) if (project or update) else None

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_mtl.engine.precision import full_precision
 
 __all__ = [
     "BalancedSoftmaxLoss",
@@ -85,13 +86,6 @@ def _check_logits(logits: Tensor, targets: Tensor, num_classes: int) -> None:
         )
     if targets.is_floating_point() or targets.is_complex():
         raise ValueError(f"`targets` must be integer class labels, got dtype {targets.dtype}.")
-
-
-def _autocast_disabled(device: torch.device) -> AbstractContextManager[object]:
-    """Disable autocast on ``device``; a no-op where autocast does not exist (e.g. ``meta``)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return nullcontext()
 
 
 def _compute_dtype(logits: Tensor) -> torch.dtype:
@@ -264,7 +258,7 @@ class _PriorShiftLoss(nn.Module):
         """
         _check_logits(logits, targets, self.num_classes)
         dtype = _compute_dtype(logits)
-        with _autocast_disabled(logits.device):
+        with full_precision(logits.device):
             adjusted = logits.to(dtype) + self.shift.to(device=logits.device, dtype=dtype)
             return F.cross_entropy(adjusted, targets, reduction=self.reduction)
 
@@ -435,7 +429,7 @@ class LDAMLoss(nn.Module):
         _check_logits(logits, targets, self.num_classes)
         weight = self.weight if weight is None else self._check_weight(weight)
         dtype = _compute_dtype(logits)
-        with _autocast_disabled(logits.device):
+        with full_precision(logits.device):
             z = logits.to(dtype)
             # Subtract Δ_y at the true class only. The margins are scattered into a constant
             # (off the autograd graph); F.one_hot would check the label range on the host.

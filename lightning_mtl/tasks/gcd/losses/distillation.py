@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import operator
-from contextlib import AbstractContextManager, nullcontext
 from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_mtl.engine.precision import full_precision
 
 __all__ = [
     "SelfDistillationLoss",
@@ -24,13 +25,6 @@ __all__ = [
     "self_distillation_loss",
     "teacher_temperature",
 ]
-
-
-def _autocast_disabled(device: torch.device) -> AbstractContextManager[object]:
-    """Disable autocast on ``device``; a no-op where autocast does not exist (e.g. ``meta``)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return nullcontext()
 
 
 def _as_int(value: object, name: str) -> int:
@@ -158,7 +152,7 @@ def self_distillation_loss(
     num_rows, num_clusters = student_logits.shape
     batch_size = num_rows // num_views
     compute_dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    with _autocast_disabled(student_logits.device):
+    with full_precision(student_logits.device):
         logits = student_logits.to(compute_dtype)
         log_student = F.log_softmax(logits / student_temp, dim=1)
         # The teacher is a target: no gradient flows through it.

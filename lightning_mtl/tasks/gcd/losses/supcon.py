@@ -8,11 +8,11 @@ by GCD / SimGCD (``contrast_mode="all"``).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_mtl.engine.precision import full_precision
 
 __all__ = ["SupConLoss", "supervised_contrastive_loss"]
 
@@ -56,13 +56,6 @@ def _check_inputs(
         raise ValueError(f"`temperature` must be > 0, got {temperature}.")
     if not base_temperature > 0:
         raise ValueError(f"`base_temperature` must be > 0, got {base_temperature}.")
-
-
-def _autocast_disabled(device: torch.device) -> AbstractContextManager[object]:
-    """Disable autocast on ``device``; a no-op where autocast does not exist (e.g. ``meta``)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return nullcontext()
 
 
 def supervised_contrastive_loss(
@@ -144,7 +137,7 @@ def supervised_contrastive_loss(
 
     # bf16 similarities carry ~3 significant digits; divided by t=0.07 the softmax would be far off.
     compute_dtype = torch.promote_types(features.dtype, torch.float32)
-    with _autocast_disabled(device):
+    with full_precision(device):
         normed = F.normalize(features.to(compute_dtype), dim=-1)
         # View-major stacking (view 0 of all samples, then view 1, ...) as in the reference code;
         # the order does not change the loss but keeps indices easy to reason about.

@@ -15,24 +15,18 @@ batch would give.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_mtl.engine.precision import full_precision
 
 __all__ = ["AllReduce", "SwAVLoss", "sinkhorn_knopp", "swav_loss"]
 
 AllReduce = Callable[[Tensor], Tensor | None]
 """Sums a tensor over all processes. It may reduce in place and return ``None``, so
 ``torch.distributed.all_reduce`` can be passed as is."""
-
-
-def _autocast_disabled(device: torch.device) -> AbstractContextManager[object]:
-    """Disable autocast on ``device``; a no-op where autocast does not exist (e.g. ``meta``)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return nullcontext()
 
 
 def _check_sinkhorn_args(
@@ -189,7 +183,7 @@ def sinkhorn_knopp(
     _check_sinkhorn_args(scores, epsilon, iterations, mask)
     device = scores.device
     compute_dtype = torch.promote_types(scores.dtype, torch.float32)
-    with torch.no_grad(), _autocast_disabled(device):
+    with torch.no_grad(), full_precision(device):
         log_q = (scores.detach().to(compute_dtype) / epsilon).T  # [K, B]
         if mask is not None:
             # -inf (not a multiplication by 0) so excluded scores cannot leak inf/NaN.
@@ -309,7 +303,7 @@ def swav_loss(
     sinkhorn_mask = mask if mask_sinkhorn else None
     codes1 = sinkhorn_knopp(logits_view1, epsilon, iterations, all_reduce, mask=sinkhorn_mask)
     codes2 = sinkhorn_knopp(logits_view2, epsilon, iterations, all_reduce, mask=sinkhorn_mask)
-    with _autocast_disabled(device):
+    with full_precision(device):
         log_pred1 = F.log_softmax(logits_view1.to(compute_dtype) / temperature, dim=1)
         log_pred2 = F.log_softmax(logits_view2.to(compute_dtype) / temperature, dim=1)
         per_sample = -(
