@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -11,7 +12,13 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_mtl.engine.balance import Backend, GradientEngine, ObjectiveGradients, Scope
+from lightning_mtl.engine.balance import (
+    Backend,
+    GradientEngine,
+    ObjectiveGradients,
+    Scope,
+    check_accumulation,
+)
 from lightning_mtl.engine.observers import GradientObserver
 from lightning_mtl.engine.scope import (
     outline,
@@ -27,7 +34,12 @@ from lightning_mtl.objectives import (
     check_losses,
     combine,
 )
-from lightning_mtl.strategies.base import GradientBalancingStrategy, TrainingProgress
+from lightning_mtl.strategies.base import (
+    GradientBalancingStrategy,
+    LossWeighting,
+    TrainingProgress,
+    strategy_from_config,
+)
 from lightning_mtl.strategies.sharpness_aware import SharpnessAware
 
 ScopeSpec = Literal["shared", "representation"] | Sequence[str]
@@ -99,21 +111,27 @@ class MultiObjectiveMixin:
 
     def configure_balancing(
         self,
-        strategy: GradientBalancingStrategy,
+        strategy: GradientBalancingStrategy | Mapping[str, Any],
         *,
         scope: ScopeSpec = "shared",
         groups: ObjectiveGroups | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
-        nonfinite_check_every_n_steps: int | None = None,
+        max_consecutive_skips: int = 20,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
         jacobian_chunk_size: int | None = None,
+        accumulate_grad_batches: int = 1,
         lr_scheduler_monitor: str | None = None,
     ) -> None:
         """Choose the strategy and how objectives and gradients are formed.
 
         Args:
-            strategy: the balancing strategy.
+            strategy: the balancing strategy, or its config (``{"class_path": ...,
+                "init_args": ...}``, as :meth:`GradientBalancingStrategy.config` writes it and
+                ``load_from_checkpoint`` passes it back from the saved hyper-parameters). When
+                the module saved hyper-parameters (``save_hyperparameters``), the strategy's
+                config is added to them as ``strategy``, so that ``hparams.yaml`` records it and
+                ``load_from_checkpoint`` rebuilds it.
             scope: what the strategy balances. ``"shared"``: the parameters that more than one
                 objective depends on; ``"representation"``: the gradients with respect to the
                 tensor that ``compute_objectives`` designates with
@@ -125,19 +143,36 @@ class MultiObjectiveMixin:
                 to callbacks that measure gradients.
             groups: group name → {loss name: weight}; each group is one objective for the
                 strategy (e.g. PGI's ``L_s`` and ``L_u``). ``None``: every loss is an objective.
-            nonfinite: on a NaN or infinite loss, ``"raise"`` a
-                :class:`NonFiniteObjectiveError` naming it, or ``"skip"`` the step with a warning.
-            nonfinite_check_every_n_steps: with ``"raise"``, check every this many steps
-                (each check is one host synchronisation); default the Trainer's
-                ``log_every_n_steps``. ``"skip"`` checks every step, as it must.
+            nonfinite: what a step with a NaN or infinite objective or gradient does. Either
+                way it is caught on the step it occurs, with one read of a flag on the host per
+                step, and no update is applied (the weights, the optimizer state, the
+                strategy's state and so every checkpoint stay finite). ``"raise"``: a
+                :class:`NonFiniteObjectiveError` naming the objectives and the step;
+                ``"skip"``: a warning, and training goes on. Under ``16-mixed`` a gradient
+                overflow with finite objectives is the loss scaler's to skip (it lowers the
+                scale), not a non-finite step.
+            max_consecutive_skips: with ``"skip"``, raise once this many steps in a row were
+                skipped (a loss that stays non-finite would otherwise loop forever).
             gradient_clip_val: clip the balanced gradient (after unscaling under ``16-mixed``).
             gradient_clip_algorithm: ``"norm"`` or ``"value"``.
             jacobian_chunk_size: objectives per batched backward pass when per-objective
                 gradients are computed; lower it to save memory.
+            accumulate_grad_batches: micro-batches per optimizer step (Lightning's own
+                ``Trainer(accumulate_grad_batches=...)`` is not available under manual
+                optimisation). The ``k`` micro-batches make one balancing decision and one
+                optimizer step, equal to the step on their concatenation for batch-mean
+                objectives. A Gramian or Jacobian strategy keeps the running mean of the scope's
+                ``[T, D]`` per-objective gradients (and of the other parameters' gradients)
+                across the micro-batches, which costs that buffer's memory; a value-free loss
+                weighting (LinearScalarization, PGI, RLW) accumulates in ``.grad`` at no extra
+                memory. Loss weightings that read the losses (DWA, UW, FAMO), the
+                representation scope and sharpness-aware strategies cannot accumulate.
             lr_scheduler_monitor: the logged metric a ``ReduceLROnPlateau`` scheduler reads.
                 Lightning drops the ``monitor`` key of scheduler configs under manual
                 optimisation, so it is named here instead.
         """
+        if isinstance(strategy, Mapping):
+            strategy = strategy_from_config(strategy)
         if isinstance(strategy, type):
             raise TypeError(
                 f"strategy must be an instance; got the class {strategy.__name__}: pass "
@@ -153,8 +188,12 @@ class MultiObjectiveMixin:
             raise ValueError("scope names no submodule; pass 'shared' or submodule names.")
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip'; got {nonfinite!r}.")
-        if nonfinite_check_every_n_steps is not None and nonfinite_check_every_n_steps < 1:
-            raise ValueError("nonfinite_check_every_n_steps must be a positive integer.")
+        if isinstance(max_consecutive_skips, bool) or not (
+            isinstance(max_consecutive_skips, int) and max_consecutive_skips >= 1
+        ):
+            raise ValueError(
+                f"max_consecutive_skips must be a positive integer; got {max_consecutive_skips!r}."
+            )
         if gradient_clip_val is not None and not (
             math.isfinite(gradient_clip_val) and gradient_clip_val > 0
         ):
@@ -165,15 +204,29 @@ class MultiObjectiveMixin:
         self.balancing_scope: ScopeSpec = scope if isinstance(scope, str) else list(scope)
         self.objective_groups = check_groups(groups) if groups is not None else None
         self.nonfinite = nonfinite
-        self.nonfinite_check_every_n_steps = nonfinite_check_every_n_steps
+        self.max_consecutive_skips = max_consecutive_skips
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.gradient_engine = GradientEngine(jacobian_chunk_size)
+        if accumulate_grad_batches > 1 and isinstance(strategy, SharpnessAware):
+            raise ValueError(
+                "a sharpness-aware strategy perturbs the weights on every batch, so it cannot "
+                "accumulate micro-batches; pass accumulate_grad_batches=1."
+            )
+        if accumulate_grad_batches > 1:
+            check_accumulation(
+                strategy,
+                Scope(representation=torch.empty(0)) if scope == "representation" else Scope(),
+            )
+        self.gradient_engine = GradientEngine(jacobian_chunk_size, accumulate_grad_batches)
         self.lr_scheduler_monitor = lr_scheduler_monitor
         self.objective_gradients: dict[str, ObjectiveGradients] = {}
         self._scope_cache: dict[tuple[str, ...], tuple[list[nn.Parameter], list[nn.Parameter]]] = {}
         self._prepared: dict[int, tuple[str, ...]] = {}
         self._total_steps: int | None = None
+        self._consecutive_skips = 0
+        self._micro_batch = 0
+        self._saved_state: dict[str, Any] = {}
+        self._record_strategy_hyperparameter(strategy)
 
     def compute_objectives(self, batch: Any, batch_idx: int) -> Mapping[str, Tensor] | Objectives:
         """Return the named scalar losses of this batch (or :class:`~lightning_mtl.Objectives`).
@@ -242,31 +295,41 @@ class MultiObjectiveMixin:
                 "MultiObjectiveMixin steps exactly one optimizer; configure_optimizers returned "
                 f"{len(module.trainer.optimizers)}. Put all parameter groups in one optimizer."
             )
+        check_training_strategy(
+            module.trainer.strategy,
+            self._strategies_in_use(),
+            [c for c in module.trainer.callbacks if isinstance(c, GradientObserver)],
+        )
         total = module.trainer.estimated_stepping_batches
+        accumulated = self.gradient_engine.accumulate_grad_batches
+        if module.trainer.max_steps == -1:
+            total = math.ceil(total / accumulated)  # Lightning counts batches here
         self._total_steps = int(total) if math.isfinite(total) else None
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         module: Any = self
         trainer = module.trainer
         strategy = self.active_balancing_strategy
+        balancer = strategy.inner if isinstance(strategy, SharpnessAware) else strategy
         optimizer = module.optimizers()
-        optimizer.zero_grad(set_to_none=True)
         self.objective_gradients = {}
+        accumulated = self.gradient_engine.accumulate_grad_batches
+        final = (self._micro_batch + 1) % accumulated == 0 or bool(trainer.is_last_batch)
+        if self._micro_batch == 0:
+            optimizer.zero_grad(set_to_none=True)
+            # References, not copies: strategies replace their state tensors, never mutate
+            # them, so a skipped step can put the state back as it was.
+            self._saved_state = balancer.state_dict()
+        self._micro_batch = 0 if final else self._micro_batch + 1
         perturbation = None
-        balancer = strategy
         if isinstance(strategy, SharpnessAware):
             perturbation = self._sharpness_aware_perturbation(batch, batch_idx, strategy.rho)
-            balancer = strategy.inner
         output = self.compute_objectives(batch, batch_idx)
         losses = check_losses(output)
         representation = output.representation if isinstance(output, Objectives) else None
         names, objective_list = combine(losses, self.objective_groups)
         objectives = torch.stack(objective_list)
         self._log_objectives(losses, names, objectives)
-        if not self._finite_or_skip(losses, trainer.global_step, trainer.log_every_n_steps):
-            if perturbation is not None:
-                perturbation.undo()
-            return None
 
         if self._prepared.get(id(strategy)) != names:
             strategy.setup(names)
@@ -287,7 +350,7 @@ class MultiObjectiveMixin:
             scope = self._scope(names, objective_list, representation)
         else:
             scope = Scope()
-        self.objective_gradients = self.gradient_engine.step(
+        result = self.gradient_engine.step(
             names,
             objectives,
             balancer,
@@ -299,16 +362,35 @@ class MultiObjectiveMixin:
                 for callback in observers
             },
             keep_edited=any(callback.wants_edited_gradients for callback in observers),
+            final=final,
         )
+        if result is None:  # a micro-batch before the last of an accumulated step
+            return objectives.detach().sum()
         if perturbation is not None:
-            perturbation.undo(strategy.keep if isinstance(strategy, SharpnessAware) else 0.0)
             perturbation.write_other_grads()
-        optimizer.step()
-        self._step_schedulers("step")
-        if self._loggers_write_this_step():
-            for key, value in strategy.log_values().items():
-                module.log(f"balancing/{key}", value)
-        return objectives.detach().sum()
+        finite_losses, finite = self._finiteness(result.losses, optimizer, perturbation)
+        if bool(finite):  # the step's one host synchronisation
+            self._consecutive_skips = 0
+            if perturbation is not None and isinstance(strategy, SharpnessAware):
+                perturbation.undo(strategy.keep)
+            self.objective_gradients = result.observed
+            optimizer.step()
+            self._step_schedulers("step")
+            if self._loggers_write_this_step():
+                for key, value in strategy.log_values().items():
+                    module.log(f"balancing/{key}", value)
+            return objectives.detach().sum()
+        if perturbation is not None:
+            perturbation.undo(0.0)
+        balancer.load_state_dict(self._saved_state)
+        if self._scaler_is_enabled() and bool(finite_losses.all()):
+            # A gradient overflow under 16-mixed: the scaler skips the update and lowers the
+            # scale, which it only does when asked to step.
+            optimizer.step()
+            return None
+        optimizer.zero_grad(set_to_none=True)
+        self._nonfinite_step(names, finite_losses, trainer.global_step)
+        return None
 
     def on_train_epoch_end(self) -> None:
         self._step_schedulers("epoch")
@@ -325,12 +407,26 @@ class MultiObjectiveMixin:
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"strategy": self.active_strategy_state()}
+        strategy = self.balancing_strategy
+        checkpoint[CHECKPOINT_KEY] = {
+            "strategy": self.active_strategy_state(),
+            "config": _config_or_none(strategy) if strategy is not None else None,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(CHECKPOINT_KEY)
-        if state is not None and self.balancing_strategy is not None:
-            self.balancing_strategy.load_state_dict(state["strategy"])
+        strategy = self.balancing_strategy
+        if state is None or strategy is None:
+            return
+        saved, current = state.get("config"), _config_or_none(strategy)
+        if saved is not None and current is not None and saved != current:
+            rank_zero_warn(
+                f"the checkpoint was trained with the strategy {saved}, but this module uses "
+                f"{current}; the strategy's state is not restored. Build the module with the "
+                "checkpoint's strategy to continue its run."
+            )
+            return
+        strategy.load_state_dict(state["strategy"])
 
     def active_strategy_state(self) -> dict[str, Any]:
         """The configured strategy's state, as saved in checkpoints."""
@@ -364,8 +460,33 @@ class MultiObjectiveMixin:
         """Whether the Trainer's loggers write at this step (its ``log_every_n_steps``)."""
         # Each `self.log` call costs about as much Python as a small model's step, and loggers
         # only write on their cadence: per-objective values are logged on those steps only.
-        connector = getattr(self, "trainer")._logger_connector  # noqa: B009 - the mixin's host
-        return bool(getattr(connector, "should_update_logs", True))
+        # Lightning counts the batch being trained as ready and writes when that count is a
+        # multiple of log_every_n_steps (tests/test_mixin_checks.py pins the agreement).
+        trainer: Any = getattr(self, "trainer")  # noqa: B009 - the mixin's host
+        every = trainer.log_every_n_steps
+        if every == 0:
+            return False
+        batches = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+        return batches % every == 0 or bool(trainer.should_stop)
+
+    def _strategies_in_use(self) -> list[GradientBalancingStrategy]:
+        """The configured strategy and those of strategy-switching callbacks."""
+        trainer: Any = getattr(self, "trainer")  # noqa: B009 - the mixin's host
+        strategies = [self.active_balancing_strategy]
+        for callback in trainer.callbacks:
+            for name in ("first", "second"):
+                candidate = getattr(callback, name, None)
+                if isinstance(candidate, GradientBalancingStrategy):
+                    strategies.append(candidate)
+        return strategies
+
+    def _record_strategy_hyperparameter(self, strategy: GradientBalancingStrategy) -> None:
+        """Add the strategy's config to the hyper-parameters the module saved, if it saved any
+        (``hparams.yaml``, and ``load_from_checkpoint`` rebuilding it)."""
+        module: Any = self
+        config = _config_or_none(strategy)
+        if config is not None and len(module.hparams) > 0:
+            module.save_hyperparameters({**module.hparams, "strategy": config})
 
     def _log_objectives(
         self, losses: Mapping[str, Tensor], names: tuple[str, ...], objectives: Tensor
@@ -380,22 +501,59 @@ class MultiObjectiveMixin:
             for name, value in zip(names, objectives.detach(), strict=True):
                 module.log(f"train/{name}", value)
 
-    def _finite_or_skip(self, losses: Mapping[str, Tensor], step: int, log_every: int) -> bool:
-        every = self.nonfinite_check_every_n_steps or max(log_every, 1)
-        if self.nonfinite == "raise" and step % every != 0:
-            return True
-        finite = torch.isfinite(torch.stack([loss.detach() for loss in losses.values()]))
-        if bool(finite.all()):
-            return True
-        bad = [name for name, ok in zip(losses, finite.tolist(), strict=True) if not ok]
-        message = f"objective(s) {bad} not finite at step {step}"
+    def _finiteness(
+        self,
+        losses: Tensor,
+        optimizer: Any,
+        perturbation: Perturbation | None,
+    ) -> tuple[Tensor, Tensor]:
+        """``([T] whether each objective is finite, whether the whole step is)``, on the device.
+
+        The losses are averaged over processes and the gradients all-reduced, so every process
+        reaches the same decision without further communication.
+        """
+        finite_losses = torch.isfinite(losses)
+        finite = finite_losses.all()
+        grads = [
+            parameter.grad
+            for group in optimizer.param_groups
+            for parameter in group["params"]
+            if parameter.grad is not None
+        ]
+        if grads:
+            # The largest magnitude cannot overflow, unlike a 2-norm of large finite gradients.
+            largest = torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
+            finite = finite & torch.isfinite(largest)
+        if perturbation is not None:
+            finite = finite & perturbation.finite
+        return finite_losses, finite
+
+    def _nonfinite_step(self, names: tuple[str, ...], finite: Tensor, step: int) -> None:
+        """Raise, or warn and count, for a step that was not applied."""
+        bad = [name for name, good in zip(names, finite.tolist(), strict=True) if not good]
+        what = (
+            f"objective(s) {bad} not finite"
+            if bad
+            else "the gradients are not finite (with finite objectives)"
+        )
         if self.nonfinite == "raise":
             raise NonFiniteObjectiveError(
-                f"{message}. Lower the learning rate, check the inputs, or pass "
-                "configure_balancing(..., nonfinite='skip') to skip such steps."
+                f"{what} at step {step}; the update was not applied. Lower the learning rate, "
+                "check the inputs, or pass configure_balancing(..., nonfinite='skip') to skip "
+                "such steps."
             )
-        rank_zero_warn(f"{message}; the step is skipped.")
-        return False
+        self._consecutive_skips += 1
+        if self._consecutive_skips >= self.max_consecutive_skips:
+            raise NonFiniteObjectiveError(
+                f"{self._consecutive_skips} consecutive steps were skipped, the last at step "
+                f"{step} because {what}; giving up (max_consecutive_skips="
+                f"{self.max_consecutive_skips})."
+            )
+        rank_zero_warn(f"{what} at step {step}; the step is skipped.")
+
+    def _scaler_is_enabled(self) -> bool:
+        scaler = getattr(getattr(self, "trainer").precision_plugin, "scaler", None)  # noqa: B009
+        return scaler is not None and scaler.is_enabled()
 
     def _scope(
         self,
@@ -455,6 +613,7 @@ class MultiObjectiveMixin:
             rank=trainer.global_rank,
             all_reduce_sum=lambda tensor: trainer.strategy.reduce(tensor, reduce_op="sum"),
             all_gather=trainer.strategy.all_gather,
+            no_sync=getattr(trainer.strategy, "block_backward_sync", nullcontext),
         )
 
     def _step_schedulers(self, interval: str) -> None:
@@ -480,3 +639,58 @@ class MultiObjectiveMixin:
                         f"logged metrics: {sorted(trainer.callback_metrics)}."
                     )
             module.lr_scheduler_step(config.scheduler, metric)
+
+
+def _config_or_none(strategy: GradientBalancingStrategy) -> dict[str, Any] | None:
+    """The strategy's config, or ``None`` for one that has none (a wrapped torchjd module)."""
+    try:
+        return strategy.config()
+    except TypeError:
+        return None
+
+
+def check_training_strategy(
+    training_strategy: Any,
+    strategies: Sequence[GradientBalancingStrategy],
+    observers: Sequence[object] = (),
+) -> None:
+    """Refuse what sharded training strategies would silently get wrong.
+
+    Under FSDP, DeepSpeed and Lightning's model-parallel strategy every parameter is sharded and
+    its gradient is reduced by hooks on the ordinary backward pass. Per-objective gradients
+    (Gramian and Jacobian strategies, gradient observers such as the angle logger) and the
+    sharpness-aware perturbation are taken with ``torch.autograd.grad``, which those hooks never
+    see, so they would be wrong (zeros, or one shard's values) without an error. Loss weightings
+    train with one ordinary backward pass and work.
+
+    Raises:
+        ValueError: for a sharded strategy with anything but loss weightings, or with gradient
+            observers.
+
+    Example::
+
+        >>> from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+        >>> from lightning_mtl.strategies import MGDA, PGI
+        >>> check_training_strategy(DDPStrategy(), [MGDA()])  # DDP: every strategy works
+        >>> check_training_strategy(FSDPStrategy(), [PGI()])  # loss weightings shard fine
+        >>> check_training_strategy(FSDPStrategy(), [MGDA()])
+        Traceback (most recent call last):
+        ...
+        ValueError: FSDPStrategy shards the parameters, ...
+    """
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    if not isinstance(training_strategy, FSDPStrategy | DeepSpeedStrategy | ModelParallelStrategy):
+        return
+    refused = [
+        type(strategy).__name__
+        for strategy in strategies
+        if isinstance(strategy, SharpnessAware) or not isinstance(strategy, LossWeighting)
+    ] + [type(observer).__name__ for observer in observers]
+    if refused:
+        raise ValueError(
+            f"{type(training_strategy).__name__} shards the parameters, and the per-objective "
+            f"gradients that {', '.join(refused)} would read are wrong there. Use a loss "
+            "weighting (LinearScalarization, PGI, DWA, UW, RLW, FAMO) without gradient "
+            "callbacks with it, or train with DDP (strategy='ddp'), where everything works."
+        )

@@ -128,14 +128,18 @@ def test_balanced_step_writes_strategy_direction_and_plain_sum_outside(strategy,
     heads = [*net.cls_head.parameters(), *net.rep_head.parameters()]
     rows = torch.stack([grads_of(loss, trunk) for loss in objectives])
     expected_heads = grads_of(objectives[0] + objectives[1], heads)
-    report = GradientEngine().step(
-        names,
-        torch.stack(objectives),
-        strategy,
-        _scope(net),
-        TrainingProgress(),
-        Backend(),
-        observed={"shared": None},
+    report = (
+        GradientEngine()
+        .step(
+            names,
+            torch.stack(objectives),
+            strategy,
+            _scope(net),
+            TrainingProgress(),
+            Backend(),
+            observed={"shared": None},
+        )
+        .observed
     )
     torch.testing.assert_close(_written(trunk), combine(rows))
     torch.testing.assert_close(_written(heads), expected_heads)
@@ -154,13 +158,17 @@ def test_loss_strategy_is_one_weighted_backward() -> None:
         calls.append(loss)
         loss.backward()
 
-    report = GradientEngine().step(
-        names,
-        torch.stack(objectives),
-        PGI(alpha=0.25),
-        Scope(),
-        TrainingProgress(),
-        Backend(backward=backward),
+    report = (
+        GradientEngine()
+        .step(
+            names,
+            torch.stack(objectives),
+            PGI(alpha=0.25),
+            Scope(),
+            TrainingProgress(),
+            Backend(backward=backward),
+        )
+        .observed
     )
     assert len(calls) == 1 and report == {}
     torch.testing.assert_close(_written(params), expected)
@@ -171,14 +179,18 @@ def test_observed_custom_scope_reports_jacobian_and_applied_update() -> None:
     names, objectives = _objectives(net)
     layer = list(net.trunk[0].parameters())
     rows = torch.stack([grads_of(loss, layer) for loss in objectives])
-    report = GradientEngine().step(
-        names,
-        torch.stack(objectives),
-        LinearScalarization({"cls": 2.0}),
-        Scope(),
-        TrainingProgress(),
-        Backend(),
-        observed={"first": layer},
+    report = (
+        GradientEngine()
+        .step(
+            names,
+            torch.stack(objectives),
+            LinearScalarization({"cls": 2.0}),
+            Scope(),
+            TrainingProgress(),
+            Backend(),
+            observed={"first": layer},
+        )
+        .observed
     )
     torch.testing.assert_close(report["first"].jacobian, rows)
     torch.testing.assert_close(report["first"].update, 2.0 * rows[0] + rows[1])

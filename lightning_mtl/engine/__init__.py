@@ -6,6 +6,7 @@ from lightning_mtl.engine.balance import (
     GradientEngine,
     ObjectiveGradients,
     Scope,
+    StepResult,
 )
 from lightning_mtl.engine.jacobian import JacobianComputer
 from lightning_mtl.engine.observers import BALANCED_SCOPE, GradientObserver
@@ -25,6 +26,7 @@ __all__ = [
     "JacobianComputer",
     "ObjectiveGradients",
     "Scope",
+    "StepResult",
     "full_precision",
     "reachable_leaves",
     "shared_parameters",

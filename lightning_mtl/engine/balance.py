@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,8 @@ class Backend:
         rank: this process's index.
         all_reduce_sum: sums a tensor over processes.
         all_gather: stacks a tensor from every process along a new first dimension.
+        no_sync: a context in which ``backward`` does not synchronise processes (the
+            micro-batches of an accumulated step before the last).
     """
 
     loss_scale: Tensor | None = None
@@ -52,6 +55,7 @@ class Backend:
     rank: int = 0
     all_reduce_sum: Callable[[Tensor], Tensor] = _no_reduce
     all_gather: Callable[[Tensor], Tensor] = field(default=lambda tensor: tensor.unsqueeze(0))
+    no_sync: Callable[[], AbstractContextManager[object]] = nullcontext
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,20 @@ class ObjectiveGradients:
     jacobian: Tensor
     update: Tensor
     edited: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a balanced step leaves for the training loop.
+
+    Args:
+        observed: scope key → the per-objective gradients an observer asked for.
+        losses: ``[T]`` detached objective values, averaged over processes (every process holds
+            the same values, so decisions taken on them agree).
+    """
+
+    observed: dict[str, ObjectiveGradients]
+    losses: Tensor
 
 
 @dataclass(frozen=True)
@@ -110,8 +128,17 @@ class GradientEngine:
         chunk_size: objectives per batched backward pass (see :class:`JacobianComputer`).
     """
 
-    def __init__(self, chunk_size: int | None = None) -> None:
+    def __init__(self, chunk_size: int | None = None, accumulate_grad_batches: int = 1) -> None:
+        if isinstance(accumulate_grad_batches, bool) or not (
+            isinstance(accumulate_grad_batches, int) and accumulate_grad_batches >= 1
+        ):
+            raise ValueError(
+                "accumulate_grad_batches must be a positive integer; got "
+                f"{accumulate_grad_batches!r}."
+            )
         self.jacobians = JacobianComputer(chunk_size)
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self._pending: _Pending | None = None
 
     def step(
         self,
@@ -123,8 +150,20 @@ class GradientEngine:
         backend: Backend,
         observed: Mapping[str, Sequence[nn.Parameter] | None] | None = None,
         keep_edited: bool = False,
-    ) -> dict[str, ObjectiveGradients]:
-        """Write the balanced gradient into ``.grad``; return the observed gradients.
+        final: bool = True,
+    ) -> StepResult | None:
+        """Write the balanced gradient into ``.grad``; return the observed gradients and the
+        objectives' values averaged over processes.
+
+        With ``accumulate_grad_batches = k > 1`` the optimizer step is made of ``k`` micro-batch
+        calls: every call but the ``final`` one adds its gradients to running sums on this
+        process and returns ``None``; the final one averages them over the micro-batches (and,
+        in one collective, over processes), takes the one balancing decision and writes
+        ``.grad``. For batch-mean objectives of equal micro-batches that is the step of the
+        concatenated batch. A value-free loss weighting instead fixes its weights on the first
+        micro-batch and backpropagates each one (gradients accumulate in ``.grad``; processes
+        synchronise on the final one only); a loss weighting that reads the losses, the
+        representation scope and sharpness-aware training cannot accumulate.
 
         Args:
             names: objective names.
@@ -138,71 +177,122 @@ class GradientEngine:
             observed: scope key → parameters (``None``: the balanced scope) for which callbacks
                 want per-objective gradients on this step.
             keep_edited: also report a gradient surgery's edited gradients of the balanced scope.
+            final: whether this call completes the optimizer step (always, without accumulation).
         """
         if not isinstance(strategy, LossWeighting | GramianWeighting | JacobianStrategy):
             raise TypeError(
                 "the engine balances a LossWeighting, a GramianWeighting or a JacobianStrategy; "
                 f"got {type(strategy).__name__} (pass a wrapper's inner strategy)."
             )
+        if self.accumulate_grad_batches > 1:
+            check_accumulation(strategy, scope)
         observed = dict(observed or {})
-        losses = objectives.detach()
-        if backend.world_size > 1:
-            # Strategies with state (loss histories, learned weights) must see the same losses on
-            # every process: those of the union batch.
-            losses = backend.all_reduce_sum(losses.clone()) / backend.world_size
         scaled = objectives * backend.loss_scale if backend.loss_scale is not None else objectives
-        extra = {
-            key: self._parameter_jacobian(scaled, params, backend)
-            for key, params in observed.items()
-            if params is not None
-        }
-        balanced: ObjectiveGradients | None
-        if isinstance(strategy, LossWeighting):
-            with full_precision(objectives.device):
-                weights = strategy(LossBatch(names=names, losses=losses, progress=progress))
-            shared = (
-                self._scope_jacobian(scaled, scope, backend) if None in observed.values() else None
-            )
-            backend.backward((weights * objectives).sum())
-            balanced = (
-                None
-                if shared is None
-                else ObjectiveGradients(names, shared, weights.to(shared.dtype) @ shared)
-            )
-        else:
-            batch = _Step(names, losses, progress, keep_edited and None in observed.values())
-            balanced = self._balance(batch, scaled, strategy, scope, backend)
-        report = {
-            key: ObjectiveGradients(names, jacobian, self._applied(observed[key], backend))
-            for key, jacobian in extra.items()
-        }
+        pending = self._pending = self._pending or _Pending()
+        pending.count += 1
+        pending.add(_LOSSES, objectives.detach())
         for key, params in observed.items():
-            if params is None and balanced is not None:
-                report[key] = balanced
-        return report
-
-    def _balance(
-        self,
-        step: _Step,
-        scaled: Tensor,
-        strategy: GramianWeighting | JacobianStrategy,
-        scope: Scope,
-        backend: Backend,
-    ) -> ObjectiveGradients:
+            if params is not None:
+                pending.add(key, self.jacobians(scaled, params))
+        if isinstance(strategy, LossWeighting):
+            return self._loss_step(
+                names, objectives, scaled, strategy, scope, progress, backend, observed, final
+            )
+        step = _Step(names, progress, keep_edited and None in observed.values())
         if scope.representation is not None:
-            return self._balance_representation(step, scaled, strategy, scope, backend)
-        jacobian = self.jacobians(scaled, scope.parameters)
-        others = _grads(scaled.sum(), scope.others)
-        jacobian, others = _mean_over_processes(jacobian, others, backend)
-        jacobian = _unscale(jacobian, backend)
-        direction, edited = self._direction(strategy, step, jacobian, backend)
+            self._pending = None
+            parts = _mean_over_processes(pending.means(), backend)
+            balanced = self._balance_representation(
+                step, parts[_LOSSES], scaled, strategy, scope, backend
+            )
+            return self._report(step.names, parts, observed, balanced, backend)
+        pending.add(_BALANCED, self.jacobians(scaled, scope.parameters))
+        pending.add(_OTHERS, _grads(scaled.sum(), scope.others))
+        if not final:
+            return None
+        self._pending = None
+        parts = _mean_over_processes(pending.means(), backend)
+        jacobian = _unscale(parts.pop(_BALANCED), backend)
+        direction, edited = self._direction(strategy, step, parts[_LOSSES], jacobian, backend)
         unflatten_into_grads(scope.parameters, _rescale(direction, backend))
-        unflatten_into_grads(scope.others, others)
-        return ObjectiveGradients(step.names, jacobian, direction, edited)
+        unflatten_into_grads(scope.others, parts.pop(_OTHERS))
+        balanced = ObjectiveGradients(names, jacobian, direction, edited)
+        return self._report(names, parts, observed, balanced, backend)
+
+    def _loss_step(
+        self,
+        names: tuple[str, ...],
+        objectives: Tensor,
+        scaled: Tensor,
+        strategy: LossWeighting,
+        scope: Scope,
+        progress: TrainingProgress,
+        backend: Backend,
+        observed: dict[str, Sequence[nn.Parameter] | None],
+        final: bool,
+    ) -> StepResult | None:
+        """One weighted backward pass (per micro-batch); the per-objective gradients of the
+        balanced scope only when an observer asks for them."""
+        pending = self._pending
+        assert pending is not None
+        if None in observed.values():
+            pending.add(_BALANCED, self._local_scope_jacobian(scaled, scope, backend))
+        if pending.weights is None:
+            losses = objectives.detach()
+            if self.accumulate_grad_batches == 1:
+                # Strategies with state (loss histories, learned weights) must see the same
+                # losses on every process: those of the union batch.
+                losses = _mean_over_processes({_LOSSES: losses}, backend)[_LOSSES]
+                pending.sums[_LOSSES] = losses  # averaged already
+            with full_precision(objectives.device):
+                pending.weights = strategy(LossBatch(names=names, losses=losses, progress=progress))
+        weights = pending.weights
+        with nullcontext() if final else backend.no_sync():
+            backend.backward((weights * objectives).sum() / self.accumulate_grad_batches)
+        if not final:
+            return None
+        self._pending = None
+        means = pending.means()
+        if self.accumulate_grad_batches == 1:
+            losses = means.pop(_LOSSES)
+            parts = {**_mean_over_processes(means, backend), _LOSSES: losses}
+        else:
+            parts = _mean_over_processes(means, backend)
+        balanced = None
+        if None in observed.values():
+            shared = _unscale(parts.pop(_BALANCED), backend)
+            balanced = ObjectiveGradients(names, shared, weights.to(shared.dtype) @ shared)
+        return self._report(names, parts, observed, balanced, backend)
+
+    def _report(
+        self,
+        names: tuple[str, ...],
+        parts: dict[str, Tensor],
+        observed: Mapping[str, Sequence[nn.Parameter] | None],
+        balanced: ObjectiveGradients | None,
+        backend: Backend,
+    ) -> StepResult:
+        report = {}
+        for key, params in observed.items():
+            if params is None:
+                if balanced is not None:
+                    report[key] = balanced
+            else:
+                jacobian = _unscale(parts[key], backend)
+                report[key] = ObjectiveGradients(names, jacobian, self._applied(params, backend))
+        return StepResult(report, parts[_LOSSES])
+
+    def _local_scope_jacobian(self, scaled: Tensor, scope: Scope, backend: Backend) -> Tensor:
+        """This process's per-objective gradients of the balanced scope (the representation's
+        gathered over processes: they are of different samples, not to be averaged)."""
+        if scope.representation is not None:
+            return self._representation_jacobian(scaled, scope.representation, backend)
+        return self.jacobians(scaled, scope.parameters)
 
     def _balance_representation(
         self,
         step: _Step,
+        losses: Tensor,
         scaled: Tensor,
         strategy: GramianWeighting | JacobianStrategy,
         scope: Scope,
@@ -211,7 +301,7 @@ class GradientEngine:
         representation = scope.representation
         assert representation is not None
         jacobian = _unscale(self._representation_jacobian(scaled, representation, backend), backend)
-        direction, edited = self._direction(strategy, step, jacobian, backend)
+        direction, edited = self._direction(strategy, step, losses, jacobian, backend)
         width = representation.numel()
         local = direction[backend.rank * width : (backend.rank + 1) * width]
         heads = _grads(scaled.sum(), scope.others)
@@ -232,6 +322,7 @@ class GradientEngine:
         self,
         strategy: GramianWeighting | JacobianStrategy,
         step: _Step,
+        losses: Tensor,
         jacobian: Tensor,
         backend: Backend,
     ) -> tuple[Tensor, Tensor | None]:
@@ -243,7 +334,7 @@ class GradientEngine:
                 weights = strategy(
                     GramianBatch(
                         names=step.names,
-                        losses=step.losses,
+                        losses=losses,
                         gramian=gramian,
                         progress=step.progress,
                     )
@@ -251,7 +342,7 @@ class GradientEngine:
                 direction = weights.to(jacobian.dtype) @ jacobian
             else:
                 batch = JacobianBatch(
-                    names=step.names, losses=step.losses, jacobian=jacobian, progress=step.progress
+                    names=step.names, losses=losses, jacobian=jacobian, progress=step.progress
                 )
                 if step.keep_edited and isinstance(strategy, GradientSurgery):
                     result = strategy.edit(batch)
@@ -275,19 +366,6 @@ class GradientEngine:
         gathered = backend.all_gather(jacobian)
         return gathered.permute(1, 0, 2).reshape(jacobian.shape[0], -1) / backend.world_size
 
-    def _scope_jacobian(self, scaled: Tensor, scope: Scope, backend: Backend) -> Tensor:
-        if scope.representation is not None:
-            return _unscale(
-                self._representation_jacobian(scaled, scope.representation, backend), backend
-            )
-        return self._parameter_jacobian(scaled, scope.parameters, backend)
-
-    def _parameter_jacobian(
-        self, scaled: Tensor, parameters: Sequence[nn.Parameter], backend: Backend
-    ) -> Tensor:
-        jacobian, _ = _mean_over_processes(self.jacobians(scaled, parameters), None, backend)
-        return _unscale(jacobian, backend)
-
     @staticmethod
     def _applied(parameters: Sequence[nn.Parameter] | None, backend: Backend) -> Tensor:
         assert parameters is not None
@@ -297,12 +375,61 @@ class GradientEngine:
 
 @dataclass(frozen=True)
 class _Step:
-    """What the engine knows of a step besides the gradients."""
+    """What the engine knows of a step besides the gradients and the losses."""
 
     names: tuple[str, ...]
-    losses: Tensor
     progress: TrainingProgress
     keep_edited: bool
+
+
+_LOSSES, _BALANCED, _OTHERS = "losses", "balanced scope", "outside the scope"
+
+
+class _Pending:
+    """Running sums over the micro-batches of one optimizer step (a single one without gradient
+    accumulation): flattened gradients and losses by key, and a value-free loss weighting's
+    weights, fixed on the first micro-batch."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums: dict[str, Tensor] = {}
+        self.weights: Tensor | None = None
+
+    def add(self, key: str, value: Tensor) -> None:
+        self.sums[key] = value if key not in self.sums else self.sums[key] + value
+
+    def means(self) -> dict[str, Tensor]:
+        if self.count == 1:
+            return dict(self.sums)
+        return {key: value / self.count for key, value in self.sums.items()}
+
+
+def check_accumulation(strategy: GradientBalancingStrategy, scope: Scope) -> None:
+    """Refuse gradient accumulation where the accumulated step would not be the concatenated
+    batch's: a loss weighting that reads the losses needs all of them before weighing the first
+    backward pass, and the representation scope's Jacobian is of each micro-batch's own samples.
+
+    Example::
+
+        >>> from lightning_mtl.strategies import DWA, MGDA
+        >>> check_accumulation(MGDA(), Scope())
+        >>> check_accumulation(DWA(), Scope())
+        Traceback (most recent call last):
+        ...
+        ValueError: DWA reads the objectives' values ...
+    """
+    if isinstance(strategy, LossWeighting) and strategy.reads_loss_values:
+        raise ValueError(
+            f"{type(strategy).__name__} reads the objectives' values before it weighs them, so "
+            "it cannot accumulate micro-batches: use a value-free loss weighting "
+            "(LinearScalarization, PGI, RLW) or a gradient strategy with accumulate_grad_batches."
+        )
+    if scope.representation is not None:
+        raise ValueError(
+            "the representation scope balances the gradients of each micro-batch's own features "
+            "and cannot accumulate micro-batches: balance a parameter scope with "
+            "accumulate_grad_batches."
+        )
 
 
 def _grads(output: Tensor, inputs: Sequence[Tensor], grad_output: Tensor | None = None) -> Tensor:
@@ -319,15 +446,17 @@ def _grads(output: Tensor, inputs: Sequence[Tensor], grad_output: Tensor | None 
     return flatten(grads)
 
 
-def _mean_over_processes(
-    jacobian: Tensor, others: Tensor | None, backend: Backend
-) -> tuple[Tensor, Tensor | None]:
-    if backend.world_size == 1:
-        return jacobian, others
-    parts = [jacobian.reshape(-1)] + ([others] if others is not None else [])
-    flat = backend.all_reduce_sum(torch.cat(parts)) / backend.world_size
-    reduced = flat[: jacobian.numel()].view_as(jacobian)
-    return reduced, (flat[jacobian.numel() :] if others is not None else None)
+def _mean_over_processes(parts: dict[str, Tensor], backend: Backend) -> dict[str, Tensor]:
+    """The parts averaged over processes, in one flattened collective."""
+    if backend.world_size == 1 or not parts:
+        return parts
+    flat = backend.all_reduce_sum(torch.cat([part.reshape(-1).float() for part in parts.values()]))
+    flat = flat / backend.world_size
+    averaged, offset = {}, 0
+    for key, part in parts.items():
+        averaged[key] = flat[offset : offset + part.numel()].view_as(part)
+        offset += part.numel()
+    return averaged
 
 
 def _unscale(tensor: Tensor, backend: Backend) -> Tensor:

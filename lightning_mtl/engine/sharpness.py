@@ -23,12 +23,15 @@ class Perturbation:
         offset: ``[D]`` the perturbation ``ε`` added to them (flattened, unscaled).
         others: the parameters outside the scope that the loss uses.
         other_grads: their gradient of the loss (flattened, in the loss scaler's units).
+        finite: a 0-d device bool: whether the perturbing gradient was finite (else ``ε`` is 0,
+            so that no NaN reaches the weights, and the step must be skipped).
     """
 
     scope: Sequence[nn.Parameter]
     offset: Tensor
     others: Sequence[nn.Parameter]
     other_grads: Tensor
+    finite: Tensor
 
     def undo(self, keep: float = 0.0) -> None:
         """Remove ``(1 − keep)`` of the perturbation from the scope's weights."""
@@ -73,8 +76,14 @@ def perturb(
     if backend.loss_scale is not None:
         scope_grad = scope_grad / backend.loss_scale
     offset = radius * scope_grad / (scope_grad.norm() + _TINY)
+    # Chosen on the device: a non-finite gradient (an overflow under 16-mixed, or a NaN loss)
+    # must not move the weights; the training loop skips the step on `finite`.
+    finite = torch.isfinite(flat).all()
+    offset = torch.where(finite, offset, torch.zeros_like(offset))
     _add_flat(scope, offset, 1.0)
-    return Perturbation(scope=scope, offset=offset, others=others, other_grads=flat[size:])
+    return Perturbation(
+        scope=scope, offset=offset, others=others, other_grads=flat[size:], finite=finite
+    )
 
 
 def _add_flat(parameters: Sequence[nn.Parameter], flat: Tensor, factor: float) -> None:

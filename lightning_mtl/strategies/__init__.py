@@ -27,6 +27,7 @@ from lightning_mtl.strategies.base import (
     ObjectiveBatch,
     Requirement,
     TrainingProgress,
+    strategy_from_config,
 )
 from lightning_mtl.strategies.cagrad import CAGrad
 from lightning_mtl.strategies.code_paths import accelerator_code_paths
@@ -86,4 +87,5 @@ __all__ = [
     "UPGrad",
     "accelerator_code_paths",
     "from_torchjd",
+    "strategy_from_config",
 ]

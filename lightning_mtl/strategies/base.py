@@ -17,9 +17,10 @@ The engine computes no more than the base class asks for.
 from __future__ import annotations
 
 import enum
+import importlib
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -263,9 +264,68 @@ class GradientBalancingStrategy(ABC):
         """
         return dict(self._init_arguments)
 
+    def config(self) -> dict[str, Any]:
+        """The strategy as LightningCLI writes it, ``{"class_path": ..., "init_args": {...}}``
+        (nested strategies as their own configs): plain values that a checkpoint's
+        ``hparams.yaml`` can hold and :func:`strategy_from_config` rebuilds.
+
+        Raises:
+            TypeError: when an argument is not a plain value (e.g. a torchjd module).
+
+        Example::
+
+            >>> from lightning_mtl.strategies import CAGrad
+            >>> CAGrad(c=0.4).config()
+            {'class_path': 'lightning_mtl.strategies.cagrad.CAGrad', 'init_args': {'c': 0.4, \
+'rescale': 1, 'preference': None}}
+        """
+        cls = type(self)
+        arguments = {name: _plain(value, name) for name, value in self.hyperparameters().items()}
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": arguments}
+
     def __repr__(self) -> str:
         arguments = ", ".join(f"{name}={value!r}" for name, value in self.hyperparameters().items())
         return f"{type(self).__name__}({arguments})"
+
+
+def _plain(value: Any, name: str) -> Any:
+    """``value`` as plain Python data for :meth:`GradientBalancingStrategy.config`."""
+    if isinstance(value, GradientBalancingStrategy):
+        return value.config()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(item, name) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item, name) for key, item in value.items()}
+    raise TypeError(f"the argument {name}={value!r} is not a plain value, so it has no config.")
+
+
+def strategy_from_config(config: Mapping[str, Any]) -> GradientBalancingStrategy:
+    """Rebuild a strategy from :meth:`GradientBalancingStrategy.config` (or from the
+    ``class_path`` / ``init_args`` that LightningCLI writes). Only strategy classes are built.
+
+    Example::
+
+        >>> from lightning_mtl.strategies import CAGrad
+        >>> strategy_from_config(CAGrad(c=0.4).config())
+        CAGrad(c=0.4, rescale=1, preference=None)
+    """
+    if "class_path" not in config:
+        raise ValueError(f"a strategy config needs a class_path; got {dict(config)}.")
+    module_name, _, class_name = str(config["class_path"]).rpartition(".")
+    if not module_name:
+        module_name = "lightning_mtl.strategies"
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, GradientBalancingStrategy)):
+        raise ValueError(f"{config['class_path']!r} names no gradient-balancing strategy.")
+    arguments = {
+        name: strategy_from_config(value)
+        if isinstance(value, Mapping) and "class_path" in value
+        else value
+        for name, value in dict(config.get("init_args") or {}).items()
+    }
+    return cls(**arguments)
 
 
 class LossWeighting(GradientBalancingStrategy):
