@@ -277,7 +277,7 @@ def test_embedded_gcd_recipe_reports_all_old_new(
         [
             "fit",
             "--config",
-            "recipes/digits_gcd_pgi.yaml",
+            "digits_gcd_pgi",
             "--trainer.max_epochs",
             "3",
             "--trainer.logger.init_args.save_dir",

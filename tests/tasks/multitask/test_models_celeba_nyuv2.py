@@ -34,9 +34,6 @@ from lightning_mtl.tasks.multitask.models.nyuv2 import (
     segmentation_loss,
 )
 
-RECIPES = Path(__file__).resolve().parents[3] / "recipes"
-
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -327,7 +324,7 @@ def _run_recipe(
         args=[
             "fit",
             "--config",
-            str(RECIPES / recipe),
+            recipe,
             "--trainer.max_epochs",
             "1",
             "--trainer.accelerator",

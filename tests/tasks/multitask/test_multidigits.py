@@ -22,8 +22,6 @@ from lightning_mtl.tasks.multitask import delta_m
 from lightning_mtl.tasks.multitask.data.multidigits import MultiDigitsDataModule
 from lightning_mtl.tasks.multitask.models.multidigits import MultiDigitsModule
 
-RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "multidigits_mtl.yaml"
-
 # Two epochs of 3000 composites in batches of 32 at lr 0.05 reach a mean validation accuracy
 # of 0.899 with seed 0 (0.898–0.923 over seeds 0–3, every task ≥ 0.87; CPU); chance is 0.10.
 QUICK_FIT_MIN_ACC = 0.80
@@ -243,7 +241,7 @@ def _run_recipe(tmp_path: Path, *extra: str) -> MultiObjectiveCLI:
         [
             "fit",
             "--config",
-            str(RECIPE),
+            "multidigits_mtl",
             "--trainer.logger.init_args.save_dir",
             str(tmp_path),
             "--trainer.enable_progress_bar",
