@@ -297,6 +297,16 @@ def test_nyuv2_validation_logs_every_metric_and_delta_m() -> None:
         NYUv2MultiTask(backbone="small", baselines={"segmentation_miou": 0.4})
 
 
+def test_groups_reach_the_balancing_of_both_modules() -> None:
+    face = {"face": {"Smiling": 1.0, "Young": 0.5}}
+    celeba = CelebAMultiTask(trunk="small", attributes=["Smiling", "Young"], width=4, groups=face)
+    assert celeba.objective_groups == face
+    geometry = {"semantic": {"segmentation": 1.0}, "geometry": {"depth": 1.0, "normal": 1.0}}
+    nyuv2 = NYUv2MultiTask(backbone="small", width=4, groups=geometry)
+    assert nyuv2.objective_groups == geometry
+    assert CelebAMultiTask(trunk="small", width=4).objective_groups is None
+
+
 # --- recipes ----------------------------------------------------------------------------------
 
 
