@@ -1,13 +1,13 @@
 """Embedded digits GCD: All / Old / New for SimGCD, + PGI, + PGI + SwAV and + EAGC, and the
 mean classification-vs-representation gradient angle (issue 5, item 7; the PGI paper's table 4).
 
-Every variant is the recipe ``recipes/digits_gcd_pgi.yaml`` (or ``digits_gcd_eagc.yaml``) run
+Every variant is the bundled recipe ``digits_gcd_pgi`` (or ``digits_gcd_eagc``) run
 through the package's CLI with a few overrides, so what is measured is what a user runs:
 
 * ``simgcd``: the plain sum of the SimGCD losses (``LinearScalarization``), no SwAV;
 * ``pgi``: PGI (α 0.5 → 0.35) after 2 plain epochs, no SwAV;
 * ``pgi_swav``: the recipe as shipped (PGI + SwAV on the labeled rows);
-* ``eagc``: ``recipes/digits_gcd_eagc.yaml`` (plain sum + EAGC's AGA and EEP);
+* ``eagc``: ``digits_gcd_eagc`` (plain sum + EAGC's AGA and EEP);
 * ``pgi_swav_unlabeled``, ``pgi_swav_all``: ``pgi_swav`` with the SwAV terms on the unlabeled
   rows or on all rows (the PGI paper's table 6 mask ablation; not run by default);
 * ``pgi_swav_separate``: ``pgi_swav`` with SwAV on its own prototypes instead of the
@@ -42,13 +42,12 @@ from pathlib import Path
 from lightning_mtl.callbacks import GradientAngleLogger
 from lightning_mtl.cli import run_cli
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 WARMUP_EPOCHS = 2
 ANGLE = "angle/cls~rep"
 VARIANTS: dict[str, list[str]] = {
     "simgcd": [
         "--config",
-        str(RECIPES / "digits_gcd_pgi.yaml"),
+        "digits_gcd_pgi",
         "--model.init_args.strategy",
         "lightning_mtl.strategies.LinearScalarization",
         "--model.init_args.use_swav",
@@ -56,27 +55,27 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "pgi": [
         "--config",
-        str(RECIPES / "digits_gcd_pgi.yaml"),
+        "digits_gcd_pgi",
         "--model.init_args.use_swav",
         "false",
     ],
-    "pgi_swav": ["--config", str(RECIPES / "digits_gcd_pgi.yaml")],
-    "eagc": ["--config", str(RECIPES / "digits_gcd_eagc.yaml")],
+    "pgi_swav": ["--config", "digits_gcd_pgi"],
+    "eagc": ["--config", "digits_gcd_eagc"],
     "pgi_swav_unlabeled": [
         "--config",
-        str(RECIPES / "digits_gcd_pgi.yaml"),
+        "digits_gcd_pgi",
         "--model.init_args.swav_mask",
         "unlabeled",
     ],
     "pgi_swav_all": [
         "--config",
-        str(RECIPES / "digits_gcd_pgi.yaml"),
+        "digits_gcd_pgi",
         "--model.init_args.swav_mask",
         "all",
     ],
     "pgi_constant": [
         "--config",
-        str(RECIPES / "digits_gcd_pgi.yaml"),
+        "digits_gcd_pgi",
         "--model.init_args.use_swav",
         "false",
         "--model.init_args.strategy.init_args.alpha",
@@ -84,7 +83,7 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "pgi_swav_separate": [
         "--config",
-        str(RECIPES / "digits_gcd_pgi.yaml"),
+        "digits_gcd_pgi",
         "--model.init_args.swav_prototypes",
         "separate",
     ],

@@ -1,7 +1,7 @@
 """Compare balancing strategies on the multi-digit recipe: per-task accuracy, Δm%, mean rank.
 
 For every strategy named on the command line, the script trains the model of
-``recipes/multidigits_mtl.yaml`` (same hyperparameters, same seeds). It also trains the T
+the bundled recipe ``multidigits_mtl`` (same hyperparameters, same seeds). It also trains the T
 single-task baselines: the same model with ``single_task=k``, one head trained at a time. Then it
 prints a markdown table with one row per method: per-task validation accuracy, mean accuracy,
 Δm% against the single-task baselines and the mean rank. The same table is written to ``--out``.
@@ -50,12 +50,12 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
+from lightning_mtl.cli import bundled_recipes
 from lightning_mtl.strategies import GradientBalancingStrategy
 from lightning_mtl.tasks.multitask import delta_m, mean_rank
 from lightning_mtl.tasks.multitask.data.multidigits import MultiDigitsDataModule
 from lightning_mtl.tasks.multitask.models.multidigits import MultiDigitsModule, task_names
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "multidigits_mtl.yaml"
 # PGI is not listed: it balances exactly two objectives and this problem has three or more.
 DEFAULT_STRATEGIES = ("LinearScalarization", "RGB", "MGDA", "CAGrad", "PCGrad", "NashMTL", "UPGrad")
 SINGLE_TASK = "single-task"
@@ -347,7 +347,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="what gradient-based strategies balance (default: the recipe's, shared)",
     )
-    parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--recipe", type=Path, default=bundled_recipes()["multidigits_mtl"])
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument(
         "--out", type=Path, default=Path("benchmark_results") / "multidigits_compare.md"

@@ -13,8 +13,6 @@ which is a host read by design.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from helpers import DATA, TinyModule, engine_steps, make_trainer, strategy_catalogue
@@ -22,8 +20,6 @@ from host_sync import HostSync, detect_host_syncs, watch_steps
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mtl.cli import run_cli
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 pytestmark = pytest.mark.usefixtures("accelerator_paths", "single_thread")
 
@@ -87,7 +83,7 @@ def _fit_recipe(recipe: str, *overrides: str, epochs: int = 3) -> list[list[Host
     """Train ``recipe`` for ``epochs`` epochs of 2 batches; the synchronising calls of each step."""
     cli = run_cli(
         [
-            *("--config", str(RECIPES / f"{recipe}.yaml")),
+            *("--config", recipe),
             *("--trainer.logger=false", "--trainer.enable_checkpointing=false"),
             *("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"),
             *("--trainer.accelerator=cpu", "--trainer.log_every_n_steps=1000"),

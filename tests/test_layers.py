@@ -33,15 +33,17 @@ CORE_IMPORTS = {
 # matplotlib, tensorboard, pillow, torchmetrics) only the slices may, or through
 # lightning_mtl.extras.optional_import.
 CORE_THIRD_PARTY = {"torch", "lightning", "numpy", "scipy", "typing_extensions", "jsonargparse"}
-CORE_THIRD_PARTY_BY_LAYER = {"cli": {"rich"}, "strategies": {"torchjd"}}  # from_torchjd, lazily
+CORE_THIRD_PARTY_BY_LAYER = {"cli": {"rich", "yaml"}, "strategies": {"torchjd"}}  # torchjd lazily
 
 
 def layer_of(module: str) -> str:
     """``lightning_mtl.strategies.mgda`` → ``strategies``; ``lightning_mtl.tasks.gcd.eagc`` →
     ``tasks.gcd``; ``lightning_mtl`` → ``__init__``."""
     parts = module.split(".")[1:]
-    if not parts:
-        return "__init__"
+    if not parts or not any(
+        (PACKAGE / parts[0]).with_suffix(suffix).exists() for suffix in ("", ".py")
+    ):
+        return "__init__"  # the package itself, or a name it defines (__version__)
     if parts[0] == "tasks":
         return "tasks" if len(parts) == 1 else f"tasks.{parts[1]}"
     return parts[0]

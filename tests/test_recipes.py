@@ -1,5 +1,6 @@
-"""Every recipe under recipes/ parses with the package's CLI and instantiates its classes; the
-CIFAR-LT recipes carry the paper's hyper-parameters and train a few steps on a fake CIFAR folder.
+"""Every bundled recipe (lightning_mtl/recipes) parses with the package's CLI and instantiates its
+classes; the CIFAR-LT recipes carry the paper's hyper-parameters and train a few steps on a fake
+CIFAR folder.
 
 CIFAR is never downloaded: the tests write tiny CIFAR folders in torchvision's pickle layout.
 """
@@ -17,7 +18,7 @@ from host_sync import watch_steps
 from lightning.pytorch import LightningDataModule, LightningModule
 
 from lightning_mtl.callbacks import TemporalMOO
-from lightning_mtl.cli import MultiObjectiveCLI, run_cli
+from lightning_mtl.cli import MultiObjectiveCLI, bundled_recipes, run_cli
 from lightning_mtl.strategies import PLOT, LinearScalarization
 from lightning_mtl.tasks.long_tail import (
     CIFARLongTailDataModule,
@@ -26,7 +27,7 @@ from lightning_mtl.tasks.long_tail import (
 )
 from lightning_mtl.tasks.long_tail.resnet_cifar import NormalizedLinear
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = list(bundled_recipes().values())
 CIFAR_RECIPES = [path for path in RECIPES if path.name.startswith("cifar")]
 FAKE_TRAIN_PER_CLASS = {"cifar10": 12, "cifar100": 5}
 
@@ -69,7 +70,8 @@ def test_every_recipe_parses_and_instantiates(recipe: Path) -> None:
     ).config
     assert config.model.class_path and config.data.class_path
     text = recipe.read_text()
-    assert text.startswith("#") and f"--config recipes/{recipe.name}" in text  # the header
+    # The header: a one-line summary (what `lightning-mtl recipes` prints), then the command.
+    assert text.startswith("# ") and f"lightning-mtl fit --config {recipe.stem}\n" in text
     try:
         cli = parse(recipe, "--trainer.logger", "false")
     except (FileNotFoundError, ValueError) as error:

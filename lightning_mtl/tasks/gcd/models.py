@@ -233,6 +233,10 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         strategy: the balancing strategy; default :class:`~lightning_mtl.strategies.PGI` with
             its defaults (α cosine-annealed 0.5 → 0.35 over the run).
         scope: what the strategy balances (see ``configure_balancing``).
+        groups: group name → {loss: weight}, each group one objective for the strategy;
+            ``None``: :func:`gcd_objective_groups` of ``cls_weight``, ``sup_weight`` and
+            ``use_swav`` (PGI's ``cls`` and ``rep``). E.g. one group per loss lets MGDA or UPGrad
+            balance the five losses.
         backbone: ``"digits"``, a timm model name, or a module mapping images to
             ``[B, feature_dim]`` features.
         backbone_weights: local weights file for a timm backbone (``None``: random weights).
@@ -281,6 +285,7 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         self,
         strategy: GradientBalancingStrategy | None = None,
         scope: ScopeSpec = "shared",
+        groups: ObjectiveGroups | None = None,
         backbone: str | nn.Module = "digits",
         backbone_weights: str | None = None,
         trainable_blocks: int | None = 1,
@@ -351,7 +356,7 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         self.configure_balancing(
             strategy if strategy is not None else PGI(),
             scope=scope,
-            groups=gcd_objective_groups(cls_weight, sup_weight, use_swav),
+            groups=groups or gcd_objective_groups(cls_weight, sup_weight, use_swav),
         )
 
     def cosine_scores(self, features: Tensor) -> Tensor:
@@ -535,6 +540,9 @@ class DigitsMultiObjective(MultiObjectiveMixin, pl.LightningModule):
     Args:
         strategy: the balancing strategy.
         scope: what the strategy balances (see ``configure_balancing``).
+        groups: group name → {objective: weight}; each group is one objective for the strategy
+            (e.g. PGI's ``cls`` and ``rep``), see ``configure_balancing``. ``None``:
+            ``cls`` and ``rep`` are the objectives.
         num_classes: number of classes.
         feature_dim: width of the encoder's output.
         projection_dim: width of the contrastive projection.
@@ -555,6 +563,7 @@ class DigitsMultiObjective(MultiObjectiveMixin, pl.LightningModule):
         self,
         strategy: GradientBalancingStrategy | None = None,
         scope: ScopeSpec = "shared",
+        groups: ObjectiveGroups | None = None,
         num_classes: int = 10,
         feature_dim: int = 64,
         projection_dim: int = 32,
@@ -572,7 +581,9 @@ class DigitsMultiObjective(MultiObjectiveMixin, pl.LightningModule):
         )
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.configure_balancing(strategy if strategy is not None else PGI(), scope=scope)
+        self.configure_balancing(
+            strategy if strategy is not None else PGI(), scope=scope, groups=groups
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier(self.encoder(images))

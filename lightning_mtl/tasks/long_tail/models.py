@@ -66,6 +66,11 @@ class LongTailClassifier(MultiObjectiveMixin, pl.LightningModule):
     PLOT without ``class_counts`` takes the data module's. Listing the present classes costs one
     host synchronisation per step (PLOT's reference code does the same).
 
+    There is no ``groups`` argument, unlike the other bundled modules: the objectives are the
+    classes present in each batch, so a fixed grouping would name classes that a batch lacks
+    (an error in ``configure_balancing``'s grouping, which needs every named loss every step).
+    ``max_moo_classes`` is the way to fewer, pooled objectives.
+
     Args:
         strategy: the balancing strategy; default the plain sum (vanilla training).
         backbone: ``"digits"`` (small CNN, for the embedded recipe) or ``"resnet32"`` (CIFAR).

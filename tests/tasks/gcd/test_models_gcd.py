@@ -16,7 +16,7 @@ from lightning_mtl.cli import run_cli
 from lightning_mtl.objectives import combine
 from lightning_mtl.strategies import LinearScalarization
 from lightning_mtl.tasks.gcd import EAGC, DigitsGCDDataModule, conceptor, feature_energy
-from lightning_mtl.tasks.gcd.models import GCDModule, timm_backbone
+from lightning_mtl.tasks.gcd.models import DigitsMultiObjective, GCDModule, timm_backbone
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,6 +62,17 @@ def test_groups_weigh_the_losses_the_pgi_way(use_swav: bool) -> None:
         rep += 0.35 * losses["swav"]
     assert math.isclose(objectives[0].item(), 0.35 * losses["ce"], rel_tol=1e-5)
     assert math.isclose(objectives[1].item(), rep, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_given_groups_replace_the_pgi_ones() -> None:
+    # One objective per loss, e.g. for MGDA over the five SimGCD losses.
+    per_loss = {name: {name: 1.0} for name in ("ce", "cluster", "con", "supcon", "swav")}
+    assert GCDModule(groups=per_loss).objective_groups == per_loss
+    pair = {"labeled": {"ce": 1.0, "supcon": 0.5}, "rest": {"con": 1.0, "cluster": 1.0}}
+    model = DigitsMultiObjective(groups={"both": {"cls": 0.5, "rep": 2.0}})
+    assert model.objective_groups == {"both": {"cls": 0.5, "rep": 2.0}}
+    assert GCDModule(use_swav=False, groups=pair).objective_groups == pair
+    assert DigitsMultiObjective().objective_groups is None  # cls and rep themselves
 
 
 @pytest.mark.parametrize("swav_mask", ["labeled", "unlabeled", "all"])
@@ -277,7 +288,7 @@ def test_embedded_gcd_recipe_reports_all_old_new(
         [
             "fit",
             "--config",
-            "recipes/digits_gcd_pgi.yaml",
+            "digits_gcd_pgi",
             "--trainer.max_epochs",
             "3",
             "--trainer.logger.init_args.save_dir",

@@ -11,10 +11,10 @@ import torch
 import yaml
 
 from lightning_mtl.callbacks import GradientAngleLogger, WarmupThenSwitch
-from lightning_mtl.cli import run_cli
+from lightning_mtl.cli import bundled_recipes, run_cli
 from lightning_mtl.strategies import PGI, LinearScalarization
 
-RECIPES = sorted(Path("recipes").glob("gcd_*.yaml"))
+RECIPES = [path for name, path in bundled_recipes().items() if name.startswith("gcd_")]
 DATASETS = ("cub", "scars", "aircraft", "herbarium19")
 
 
@@ -94,7 +94,7 @@ def test_cub_recipe_trains_end_to_end_on_a_fake_copy(
     _fake_cub(tmp_path / "cub")
     split_file = tmp_path / "split.pkl"
     split_file.write_bytes(pickle.dumps({"known_classes": [0, 1]}))
-    args = ["fit", "--config", f"recipes/gcd_cub_{method}.yaml", "--trainer.accelerator", "cpu"]
+    args = ["fit", "--config", f"gcd_cub_{method}", "--trainer.accelerator", "cpu"]
     args += ["--trainer.precision", "32-true", "--trainer.logger", "false"]
     args += ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
     args += ["--trainer.limit_val_batches", "1", "--trainer.enable_checkpointing", "false"]

@@ -114,7 +114,7 @@ def test_embedded_long_tail_recipe_reports_many_medium_few(tmp_path: Path) -> No
         [
             "fit",
             "--config",
-            "recipes/digits_lt_plot.yaml",
+            "digits_lt_plot",
             "--trainer.max_epochs",
             "8",
             "--trainer.callbacks.init_args.epochs",

@@ -34,9 +34,6 @@ from lightning_mtl.tasks.multitask.models.nyuv2 import (
     segmentation_loss,
 )
 
-RECIPES = Path(__file__).resolve().parents[3] / "recipes"
-
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -300,6 +297,16 @@ def test_nyuv2_validation_logs_every_metric_and_delta_m() -> None:
         NYUv2MultiTask(backbone="small", baselines={"segmentation_miou": 0.4})
 
 
+def test_groups_reach_the_balancing_of_both_modules() -> None:
+    face = {"face": {"Smiling": 1.0, "Young": 0.5}}
+    celeba = CelebAMultiTask(trunk="small", attributes=["Smiling", "Young"], width=4, groups=face)
+    assert celeba.objective_groups == face
+    geometry = {"semantic": {"segmentation": 1.0}, "geometry": {"depth": 1.0, "normal": 1.0}}
+    nyuv2 = NYUv2MultiTask(backbone="small", width=4, groups=geometry)
+    assert nyuv2.objective_groups == geometry
+    assert CelebAMultiTask(trunk="small", width=4).objective_groups is None
+
+
 # --- recipes ----------------------------------------------------------------------------------
 
 
@@ -327,7 +334,7 @@ def _run_recipe(
         args=[
             "fit",
             "--config",
-            str(RECIPES / recipe),
+            recipe,
             "--trainer.max_epochs",
             "1",
             "--trainer.accelerator",

@@ -22,8 +22,6 @@ from lightning_mtl.tasks.multitask import delta_m
 from lightning_mtl.tasks.multitask.data.multidigits import MultiDigitsDataModule
 from lightning_mtl.tasks.multitask.models.multidigits import MultiDigitsModule
 
-RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "multidigits_mtl.yaml"
-
 # Two epochs of 3000 composites in batches of 32 at lr 0.05 reach a mean validation accuracy
 # of 0.899 with seed 0 (0.898–0.923 over seeds 0–3, every task ≥ 0.87; CPU); chance is 0.10.
 QUICK_FIT_MIN_ACC = 0.80
@@ -221,6 +219,7 @@ def test_baselines_log_delta_m_on_validation() -> None:
         ({"num_tasks": 1}, "num_tasks"),
         ({"single_task": 3}, r"single_task must be in 0\.\.2"),
         ({"single_task": 0, "strategy": PGI()}, "needs no balancing"),
+        ({"single_task": 0, "groups": {"all": {"task0": 1.0}}}, "needs no balancing"),
         ({"baselines": {"task0": 0.9, "task1": 0.9}}, "one accuracy per task"),
         ({"baselines": {"task0": 0.9, "task1": 0.9, "task2": 0.0}}, r"in \(0, 1\]"),
     ],
@@ -243,7 +242,7 @@ def _run_recipe(tmp_path: Path, *extra: str) -> MultiObjectiveCLI:
         [
             "fit",
             "--config",
-            str(RECIPE),
+            "multidigits_mtl",
             "--trainer.logger.init_args.save_dir",
             str(tmp_path),
             "--trainer.enable_progress_bar",
@@ -283,6 +282,41 @@ def test_recipe_prints_per_task_accuracies_and_delta_m(
     assert _table_value(printed, "val/acc_mean") > 0.3  # 0.535 after 2 epochs; chance is 0.1
     expected = delta_m(accuracies, {"task0": 0.95, "task1": 0.95, "task2": 0.95})
     assert _table_value(printed, "test/delta_m") == pytest.approx(expected, abs=0.02)
+
+
+def test_pgi_balances_two_groups_of_the_recipe_from_the_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names_seen: list[tuple[str, ...]] = []
+    setup = PGI.setup
+
+    def recording_setup(pgi: PGI, names: Any) -> None:
+        names_seen.append(tuple(names))
+        setup(pgi, names)
+
+    monkeypatch.setattr(PGI, "setup", recording_setup)
+    cli = run_cli(
+        [
+            *("--config", "multidigits_mtl", "--trainer.logger", "false"),
+            *("--trainer.max_steps", "1", "--trainer.log_every_n_steps", "1"),
+            *("--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"),
+            *("--model.init_args.strategy", "lightning_mtl.strategies.PGI"),
+            "--model.init_args.groups",
+            '{"cls": {"task0": 1.0}, "rep": {"task1": 1.0, "task2": 1.0}}',
+        ],
+        save_config_callback=None,
+        run=False,
+    )
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert cli.trainer.global_step == 1
+    assert names_seen == [("cls", "rep")]  # PGI saw the two groups, not the three tasks
+    strategy = cli.model.balancing_strategy
+    assert isinstance(strategy, PGI) and strategy.start == 0  # it weighed step 0
+    logged = {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
+    assert logged["train/cls"] == pytest.approx(logged["train/task0"], rel=1e-6)
+    rep = logged["train/task1"] + logged["train/task2"]
+    assert logged["train/rep"] == pytest.approx(rep, rel=1e-6)
+    assert logged["balancing/alpha"] == pytest.approx(0.5)  # α_max on PGI's first step
 
 
 def test_recipe_strategy_is_chosen_on_the_command_line(tmp_path: Path) -> None:

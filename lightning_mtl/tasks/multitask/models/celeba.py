@@ -17,7 +17,7 @@ from torchmetrics import Metric
 
 from lightning_mtl.extras import optional_import
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
-from lightning_mtl.objectives import Objectives
+from lightning_mtl.objectives import ObjectiveGroups, Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.rgb import RGB
 from lightning_mtl.tasks.multitask.data.celeba import CELEBA_ATTRIBUTES
@@ -208,6 +208,9 @@ class CelebAMultiTask(MultiObjectiveMixin, pl.LightningModule):
             proximity_weight=1.0)``.
         scope: ``"representation"`` (the trunk's features), ``"shared"`` (its parameters) or
             submodule names, see ``configure_balancing``.
+        groups: group name → {objective: weight}; each group is one objective for the strategy
+            (e.g. PGI's ``cls`` and ``rep``), see ``configure_balancing``. ``None``:
+            each attribute is one objective.
         trunk: ``"resnet18"`` (torchvision, ``weights=None``) or ``"small"`` (4 convolutions).
         attributes: the task names, in target order; ``None`` is the 40 CelebA attributes.
         width: channels of the small trunk's first convolution (ignored by ResNet-18).
@@ -229,6 +232,7 @@ class CelebAMultiTask(MultiObjectiveMixin, pl.LightningModule):
         self,
         strategy: GradientBalancingStrategy | None = None,
         scope: ScopeSpec = "representation",
+        groups: ObjectiveGroups | None = None,
         trunk: TrunkName = "resnet18",
         attributes: Sequence[str] | None = None,
         width: int = 16,
@@ -261,7 +265,9 @@ class CelebAMultiTask(MultiObjectiveMixin, pl.LightningModule):
         self.val_scores = BinaryTaskScores(len(names))
         self.test_scores = BinaryTaskScores(len(names))
         default = RGB(alpha_steps=50, proximity_weight=1.0)
-        self.configure_balancing(strategy if strategy is not None else default, scope=scope)
+        self.configure_balancing(
+            strategy if strategy is not None else default, scope=scope, groups=groups
+        )
 
     def features(self, images: Tensor) -> Tensor:
         """``[B, feature_dim]`` shared features of ``[B, 3, S, S]`` images."""

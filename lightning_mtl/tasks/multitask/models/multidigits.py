@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
-from lightning_mtl.objectives import Objectives
+from lightning_mtl.objectives import ObjectiveGroups, Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.linear_scalarization import LinearScalarization
 from lightning_mtl.tasks.common.optim import sgd_with_cosine_decay
@@ -91,6 +91,9 @@ class MultiDigitsModule(MultiObjectiveMixin, pl.LightningModule):
             (:class:`~lightning_mtl.strategies.LinearScalarization`).
         scope: ``"shared"`` (the trunk's parameters), ``"representation"`` (the features; cheaper
             for gradient-based strategies) or submodule names, see ``configure_balancing``.
+        groups: group name → {objective: weight}; each group is one objective for the strategy
+            (e.g. PGI's ``cls`` and ``rep``), see ``configure_balancing``. ``None``:
+            each task is one objective.
         num_tasks: number of digits per image, that is tasks (≥ 2).
         num_classes: classes per task.
         feature_dim: width of the shared features.
@@ -118,6 +121,7 @@ class MultiDigitsModule(MultiObjectiveMixin, pl.LightningModule):
         self,
         strategy: GradientBalancingStrategy | None = None,
         scope: ScopeSpec = "shared",
+        groups: ObjectiveGroups | None = None,
         num_tasks: int = 3,
         num_classes: int = 10,
         feature_dim: int = 64,
@@ -133,13 +137,14 @@ class MultiDigitsModule(MultiObjectiveMixin, pl.LightningModule):
         if single_task is not None and not 0 <= single_task < num_tasks:
             raise ValueError(f"single_task must be in 0..{num_tasks - 1}; got {single_task}.")
         if single_task is not None and not (
-            strategy is None or isinstance(strategy, LinearScalarization)
+            (strategy is None or isinstance(strategy, LinearScalarization)) and groups is None
         ):
             # One objective leaves nothing to balance, and a gradient-based strategy would find
             # no parameter shared by two objectives: fail here rather than at the first step.
             raise ValueError(
                 f"single_task={single_task} trains one objective, which needs no balancing; "
-                f"leave strategy unset or LinearScalarization, not {type(strategy).__name__}."
+                "leave strategy unset (or LinearScalarization) and groups unset; got "
+                f"strategy={strategy!r}, groups={groups}."
             )
         self.save_hyperparameters(ignore=["strategy"])
         self.task_names = task_names(num_tasks)
@@ -149,7 +154,7 @@ class MultiDigitsModule(MultiObjectiveMixin, pl.LightningModule):
         self.val_accuracy = PerTaskAccuracy(num_tasks, num_classes)
         self.test_accuracy = PerTaskAccuracy(num_tasks, num_classes)
         self.configure_balancing(
-            strategy if strategy is not None else LinearScalarization(), scope=scope
+            strategy if strategy is not None else LinearScalarization(), scope=scope, groups=groups
         )
 
     def head_logits(self, features: Tensor) -> Tensor:

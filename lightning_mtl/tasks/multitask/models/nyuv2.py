@@ -22,7 +22,7 @@ from torchmetrics import Metric
 
 from lightning_mtl.extras import optional_import
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
-from lightning_mtl.objectives import Objectives
+from lightning_mtl.objectives import ObjectiveGroups, Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.rgb import RGB
 from lightning_mtl.tasks.multitask.data.nyuv2 import NYUV2_NUM_CLASSES
@@ -474,6 +474,9 @@ class NYUv2MultiTask(MultiObjectiveMixin, pl.LightningModule):
             alpha_steps=5)``.
         scope: ``"shared"`` (the encoder's parameters), ``"representation"`` (its output map)
             or submodule names, see ``configure_balancing``.
+        groups: group name → {objective: weight}; each group is one objective for the strategy
+            (e.g. PGI's ``cls`` and ``rep``), see ``configure_balancing``. ``None``:
+            each task is one objective.
         backbone: ``"resnet50"`` or ``"small"``.
         num_classes: segmentation classes.
         width: channels of the small encoder's first convolution (ignored by ResNet-50).
@@ -499,6 +502,7 @@ class NYUv2MultiTask(MultiObjectiveMixin, pl.LightningModule):
         self,
         strategy: GradientBalancingStrategy | None = None,
         scope: ScopeSpec = "shared",
+        groups: ObjectiveGroups | None = None,
         backbone: BackboneName = "resnet50",
         num_classes: int = NYUV2_NUM_CLASSES,
         width: int = 16,
@@ -542,7 +546,9 @@ class NYUv2MultiTask(MultiObjectiveMixin, pl.LightningModule):
         self.val_metrics = self._metrics(num_classes)
         self.test_metrics = self._metrics(num_classes)
         default = RGB(proximity_weight=0.0, alpha_steps=5)
-        self.configure_balancing(strategy if strategy is not None else default, scope=scope)
+        self.configure_balancing(
+            strategy if strategy is not None else default, scope=scope, groups=groups
+        )
 
     @staticmethod
     def _metrics(num_classes: int) -> nn.ModuleDict:
