@@ -18,7 +18,7 @@ through the package's CLI with a few overrides, so what is measured is what a us
 Each run uses ``--seed_everything S`` and seeds the split, the sampler and the augmentation
 with ``S``. The scores are the clustering accuracies on the unlabeled training images at the end
 of training (``test/all``, ``test/old``, ``test/new``). The angle is the epoch mean of
-``angle/cls~rep`` from :class:`~lightning_mtl.callbacks.GradientAngleLogger` (every 5 steps on
+``angle/cls_vs_rep`` from :class:`~lightning_mtl.callbacks.GradientAngleLogger` (every 5 steps on
 the shared parameters), averaged over the epochs after the 2-epoch warm-up, where the variants
 differ; ``eagc`` logs none (its recipe has no logger callback).
 
@@ -43,7 +43,7 @@ from lightning_mtl.callbacks import GradientAngleLogger
 from lightning_mtl.cli import run_cli
 
 WARMUP_EPOCHS = 2
-ANGLE = "angle/cls~rep"
+ANGLE = "angle/cls_vs_rep"
 VARIANTS: dict[str, list[str]] = {
     "simgcd": [
         "--config",

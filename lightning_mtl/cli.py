@@ -191,6 +191,7 @@ def concrete_strategies() -> list[str]:
 
 def _strategy_classes(root: type = GradientBalancingStrategy) -> Iterator[type]:
     yield root
+    subclass: type
     for subclass in root.__subclasses__():
         yield from _strategy_classes(subclass)
 
@@ -330,8 +331,7 @@ class MultiObjectiveCLI(LightningCLI):
         if message := strategy_base_error(_strings(self.config.as_dict())):
             self.parser.error(message)
 
-    @override
-    def after_fit(self) -> None:
+    def after_fit(self) -> None:  # LightningCLI's hook after `fit`, found by name
         fitted = dict(self.trainer.callback_metrics)
         if is_overridden("test_step", self.model):
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
@@ -370,9 +370,9 @@ def metrics_table(metrics: Mapping[str, Tensor | float]) -> Table:
 
     Example::
 
-        >>> table = metrics_table({"val/acc": 0.9, "angle/a~b": 80.0, "angle/a~b_epoch": 85.0})
+        >>> table = metrics_table({"val/acc": 0.9, "angle/a_vs_b": 80, "angle/a_vs_b_epoch": 85})
         >>> [cell for cell in table.columns[0].cells]
-        ['angle/a~b_epoch', 'val/acc']
+        ['angle/a_vs_b_epoch', 'val/acc']
     """
     table = Table(title="Final metrics")
     table.add_column("metric")

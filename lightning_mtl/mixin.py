@@ -27,6 +27,7 @@ from lightning_mtl.engine.scope import (
     used_parameters,
 )
 from lightning_mtl.engine.sharpness import Perturbation, perturb
+from lightning_mtl.naming import metric_name
 from lightning_mtl.objectives import (
     ObjectiveGroups,
     Objectives,
@@ -59,10 +60,13 @@ class MultiObjectiveMixin:
     under manual optimisation: it asks the engine for what the strategy needs (nothing beyond
     one backward pass for loss-only strategies), writes ``.grad``, steps the single optimizer and
     the LR schedulers (``interval`` ``"step"`` or ``"epoch"``, with ``frequency``), and logs
-    the total (``train/loss``, every step) and every loss, group and strategy value
-    (``train/<name>``, ``balancing/<key>``) on the steps the Trainer writes logs (every
+    the total (``train/loss``, every step) and, on the steps the Trainer writes logs (every
     ``log_every_n_steps``: Lightning's ``self.log`` costs about half a millisecond of Python per
-    call, measured on a 2-core CPU, which at 40 objectives would outweigh a small model's step).
+    call, measured on a 2-core CPU, which at 40 objectives would outweigh a small model's step),
+    every loss and group (``train/<name>``), the strategy's values (``balancing/weight/<name>``
+    and its own) and, when the step computed per-objective gradients, their norms
+    (``grad_norm/<name>``); names keep only characters every logger keeps
+    (:func:`~lightning_mtl.naming.metric_name`).
     It works under ``32-true``, ``bf16-mixed``, ``16-mixed`` (losses scaled through the
     Trainer's scaler, clipping after unscaling) and DDP.
 
@@ -104,6 +108,10 @@ class MultiObjectiveMixin:
                 "LightningModule's hooks would hide the mixin's; put the mixin first: "
                 f"class {cls.__name__}(MultiObjectiveMixin, LightningModule)."
             )
+
+    hp_metric: str | None = None
+    """A logged validation metric to log again as ``hp_metric`` at each epoch end: the value
+    TensorBoard's HPARAMS view compares runs (and their strategies' hyper-parameters) by."""
 
     balancing_strategy: GradientBalancingStrategy | None = None
     balancing_override: GradientBalancingStrategy | None = None
@@ -329,7 +337,8 @@ class MultiObjectiveMixin:
         representation = output.representation if isinstance(output, Objectives) else None
         names, objective_list = combine(losses, self.objective_groups)
         objectives = torch.stack(objective_list)
-        self._log_objectives(losses, names, objectives)
+        logging = self._loggers_write_this_step()
+        self._log_objectives(losses, names, objectives, logging)
 
         if self._prepared.get(id(strategy)) != names:
             strategy.setup(names)
@@ -363,6 +372,7 @@ class MultiObjectiveMixin:
             },
             keep_edited=any(callback.wants_edited_gradients for callback in observers),
             final=final,
+            norms=logging,
         )
         if result is None:  # a micro-batch before the last of an accumulated step
             return objectives.detach().sum()
@@ -376,9 +386,12 @@ class MultiObjectiveMixin:
             self.objective_gradients = result.observed
             optimizer.step()
             self._step_schedulers("step")
-            if self._loggers_write_this_step():
+            if logging:
                 for key, value in strategy.log_values().items():
-                    module.log(f"balancing/{key}", value)
+                    module.log(metric_name("balancing", key), value)
+                if result.gradient_norms is not None:
+                    for name, norm in zip(names, result.gradient_norms, strict=True):
+                        module.log(metric_name("grad_norm", name), norm)
             return objectives.detach().sum()
         if perturbation is not None:
             perturbation.undo(0.0)
@@ -394,6 +407,11 @@ class MultiObjectiveMixin:
 
     def on_train_epoch_end(self) -> None:
         self._step_schedulers("epoch")
+        if self.hp_metric is not None:
+            # Validation ran before this hook, so its epoch metrics are in.
+            value = getattr(self, "trainer").callback_metrics.get(self.hp_metric)  # noqa: B009
+            if value is not None:
+                getattr(self, "log")("hp_metric", value)  # noqa: B009
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after the 16-mixed scaler has unscaled the gradients, which is
@@ -489,17 +507,21 @@ class MultiObjectiveMixin:
             module.save_hyperparameters({**module.hparams, "strategy": config})
 
     def _log_objectives(
-        self, losses: Mapping[str, Tensor], names: tuple[str, ...], objectives: Tensor
+        self,
+        losses: Mapping[str, Tensor],
+        names: tuple[str, ...],
+        objectives: Tensor,
+        logging: bool,
     ) -> None:
         module: Any = self
         module.log("train/loss", objectives.detach().sum(), prog_bar=True)
-        if not self._loggers_write_this_step():
+        if not logging:
             return
         for name, loss in losses.items():
-            module.log(f"train/{name}", loss.detach())
+            module.log(metric_name("train", name), loss.detach())
         if self.objective_groups is not None:
             for name, value in zip(names, objectives.detach(), strict=True):
-                module.log(f"train/{name}", value)
+                module.log(metric_name("train", name), value)
 
     def _finiteness(
         self,

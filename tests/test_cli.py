@@ -98,8 +98,8 @@ def test_embedded_recipe_trains_logs_and_prints_the_final_table(
     assert test_acc == pytest.approx(fitted["val/acc"], abs=1e-6)
 
     # Gradient angles were measured and averaged per epoch.
-    assert 0.0 < fitted["angle/cls~rep_epoch"] < 180.0
-    assert -1.0 <= fitted["cos/cls~rep_epoch"] <= 1.0
+    assert 0.0 < fitted["angle/cls_vs_rep_epoch"] < 180.0
+    assert -1.0 <= fitted["cos/cls_vs_rep_epoch"] <= 1.0
 
     # Warm-up for 2 epochs, then PGI annealed over the remaining steps; alpha of the last step.
     warmup = next(cb for cb in cli.trainer.callbacks if isinstance(cb, WarmupThenSwitch))
@@ -134,9 +134,9 @@ def test_metrics_table_keeps_epoch_means_and_bare_metrics_without_twins() -> Non
         {
             "val/acc": torch.tensor(0.912345),
             "lr": 0.1,
-            "angle/a~b": 80.0,
-            "angle/a~b_step": 79.0,
-            "angle/a~b_epoch": torch.tensor(85.0),
+            "angle/a_vs_b": 80.0,
+            "angle/a_vs_b_step": 79.0,
+            "angle/a_vs_b_epoch": torch.tensor(85.0),
             "train/loss_step": torch.tensor(2.0),
             "train/loss_epoch": 1.5,
             "grad_norm_step": 3.0,
@@ -145,7 +145,7 @@ def test_metrics_table_keeps_epoch_means_and_bare_metrics_without_twins() -> Non
     assert table.title == "Final metrics"
     names = list(table.columns[0].cells)
     values = list(table.columns[1].cells)
-    assert names == ["angle/a~b_epoch", "lr", "train/loss_epoch", "val/acc"]
+    assert names == ["angle/a_vs_b_epoch", "lr", "train/loss_epoch", "val/acc"]
     assert values == ["85.0000", "0.1000", "1.5000", "0.9123"]
 
 

@@ -16,16 +16,27 @@ import torch
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_mtl"
 SLICES = ("gcd", "long_tail", "multitask")
-CORE = ("__init__", "cli", "extras", "objectives", "mixin", "strategies", "engine", "callbacks")
+CORE = (
+    "__init__",
+    "cli",
+    "extras",
+    "naming",
+    "objectives",
+    "mixin",
+    "strategies",
+    "engine",
+    "callbacks",
+)
 # What each core layer may import from the package: lower layers only, never a slice. The mixin
 # and the callbacks are siblings (the observer contract lives in the engine).
 CORE_IMPORTS = {
     "extras": set(),
+    "naming": set(),
     "objectives": set(),
     "strategies": {"strategies"},
     "engine": {"engine", "strategies", "objectives"},
-    "callbacks": {"callbacks", "engine", "strategies", "objectives", "extras"},
-    "mixin": {"engine", "strategies", "objectives"},
+    "callbacks": {"callbacks", "engine", "strategies", "objectives", "extras", "naming"},
+    "mixin": {"engine", "strategies", "objectives", "naming"},
     "__init__": {"mixin", "objectives", "strategies"},
     "cli": set(CORE),
 }

@@ -67,13 +67,13 @@ def test_angle_logger_matches_angles_from_autograd(scope: list[str] | None) -> N
         return math.degrees(math.acos(float(a @ b / (a.norm() * b.norm()))))
 
     metrics = _trainer_metrics(module)
-    assert metrics["angle/cls~rep_step"] == pytest.approx(angle(g_cls, g_rep), abs=1e-3)
-    assert metrics["angle/cls~update_step"] == pytest.approx(angle(g_cls, update), abs=1e-3)
-    assert metrics["angle/rep~update_step"] == pytest.approx(angle(g_rep, update), abs=1e-3)
-    assert metrics["cos/cls~rep_step"] == pytest.approx(
+    assert metrics["angle/cls_vs_rep_step"] == pytest.approx(angle(g_cls, g_rep), abs=1e-3)
+    assert metrics["angle/cls_vs_update_step"] == pytest.approx(angle(g_cls, update), abs=1e-3)
+    assert metrics["angle/rep_vs_update_step"] == pytest.approx(angle(g_rep, update), abs=1e-3)
+    assert metrics["cos/cls_vs_rep_step"] == pytest.approx(
         float(g_cls @ g_rep / (g_cls.norm() * g_rep.norm())), abs=1e-5
     )
-    assert logger.history[-1]["angle/cls~rep"] == pytest.approx(angle(g_cls, g_rep), abs=1e-3)
+    assert logger.history[-1]["angle/cls_vs_rep"] == pytest.approx(angle(g_cls, g_rep), abs=1e-3)
 
 
 def test_angle_logger_logs_summaries_beyond_max_pairs() -> None:
@@ -89,7 +89,7 @@ def test_angle_logger_logs_summaries_beyond_max_pairs() -> None:
         return math.degrees(math.acos(float(a @ b / (a.norm() * b.norm()))))
 
     metrics = _trainer_metrics(module)
-    assert not any("~" in key for key in metrics)  # no per-pair or per-objective values
+    assert not any("_vs_" in key for key in metrics)  # no per-pair or per-objective values
     pair = angle(g_cls, g_rep)
     to_update = [angle(g_cls, update), angle(g_rep, update)]
     assert metrics["angle/mean_pairwise_step"] == pytest.approx(pair, abs=1e-3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,17 +18,20 @@ from lightning_mtl.engine.geometry import cosine_matrix, cosines_to, degrees
 from lightning_mtl.engine.observers import BALANCED_SCOPE, GradientObserver
 from lightning_mtl.engine.scope import submodule_parameters
 from lightning_mtl.extras import missing_extra_error, optional_import
+from lightning_mtl.naming import metric_name, pair
 
 
 class GradientAngleLogger(GradientObserver, Callback):
     """Every ``every_n_steps`` steps, log gradient angles between objectives.
 
-    Logged, for each pair of objectives ``a``, ``b``: ``angle/a~b`` (degrees) and ``cos/a~b``;
-    for each objective and the applied update (the balanced gradient written to ``.grad``):
-    ``angle/a~update``. Each is logged per step and as its per-epoch mean (the ``_epoch``
+    Logged, for each pair of objectives ``a``, ``b``: ``angle/a_vs_b`` (degrees) and
+    ``cos/a_vs_b``; for each objective and the applied update (the balanced gradient written to
+    ``.grad``): ``angle/a_vs_update`` (names as :func:`~lightning_mtl.naming.metric_name` keeps
+    them for every logger). Each is logged per step and as its per-epoch mean (the ``_epoch``
     suffix), which is the measure the PGI paper's table 4 reports. At each epoch end, a heatmap of
-    the mean pairwise cosines goes to TensorBoard when a ``TensorBoardLogger`` is in use, and the
-    epoch's mean angles are appended to :attr:`history`.
+    the mean pairwise cosines goes to every logger (:func:`log_figure`: its image API where it
+    has one, else a PNG under its log directory), and the epoch's mean angles are appended to
+    :attr:`history`.
 
     With more than ``max_pairs`` pairs (T = 40 objectives have 780), the per-pair and per-objective
     values are replaced by summaries: ``angle/mean_pairwise``, ``angle/max_pairwise`` (the most
@@ -139,13 +143,9 @@ class GradientAngleLogger(GradientObserver, Callback):
         self.history.append(
             {key: float(total) / self._count for key, total in self._angle_sums.items()}
         )
-        if self.heatmap and trainer.is_global_zero:
+        if self.heatmap and trainer.is_global_zero and trainer.loggers:
             mean = (self._cosine_sum / self._count).cpu()
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_figure(
-                        "gradient_cosines", cosine_heatmap(self._names, mean), trainer.current_epoch
-                    )
+            log_figure(trainer, "gradient_cosines", cosine_heatmap(self._names, mean))
         self._reset(self._names)
 
     def _reset(self, names: tuple[str, ...]) -> None:
@@ -175,11 +175,11 @@ def _per_pair(
     values: dict[str, Tensor] = {}
     for i, first in enumerate(names):
         for j in range(i + 1, len(names)):
-            values[f"angle/{first}~{names[j]}"] = angles[i, j]
-            values[f"cos/{first}~{names[j]}"] = cosines[i, j]
+            values[metric_name("angle", pair(first, names[j]))] = angles[i, j]
+            values[metric_name("cos", pair(first, names[j]))] = cosines[i, j]
     if to_update is not None:
         for name, angle in zip(names, to_update, strict=True):
-            values[f"angle/{name}~update"] = angle
+            values[metric_name("angle", pair(name, "update"))] = angle
     return values
 
 
@@ -225,3 +225,34 @@ def cosine_heatmap(names: Sequence[str], cosines: Tensor) -> Any:
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
     return figure
+
+
+def log_figure(trainer: pl.Trainer, name: str, figure: Any) -> list[str]:
+    """Send a matplotlib figure to every logger of ``trainer`` at the current epoch: through the
+    logger's image API where it has one (TensorBoard's ``add_figure``, MLflow's ``log_figure``,
+    W&B's ``log_image``), else as ``<log_dir>/<name>/epoch=<n>.png``.
+
+    Returns:
+        Where each logger got it: ``"tensorboard"``, ``"mlflow"``, ``"wandb"`` or the PNG's path.
+    """
+    epoch = trainer.current_epoch
+    sent = []
+    logger: Any
+    for logger in trainer.loggers:
+        experiment = logger.experiment
+        if isinstance(logger, TensorBoardLogger):
+            experiment.add_figure(name, figure, epoch)
+            sent.append("tensorboard")
+        elif hasattr(logger, "log_image"):  # W&B's wandb.Image takes a matplotlib figure
+            logger.log_image(key=name, images=[figure], step=trainer.global_step)
+            sent.append("wandb")
+        elif hasattr(experiment, "log_figure") and hasattr(logger, "run_id"):
+            experiment.log_figure(logger.run_id, figure, f"{name}/epoch={epoch}.png")
+            sent.append("mlflow")
+        else:
+            folder = Path(logger.log_dir or logger.save_dir or trainer.default_root_dir) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"epoch={epoch}.png"
+            figure.savefig(path)
+            sent.append(str(path))
+    return sent

@@ -77,7 +77,8 @@ class StrategySwitch(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         first = self.in_first_phase(trainer.global_step, trainer.current_epoch)
-        pl_module.balancing_override = self.first if first else self.second
+        module: Any = pl_module  # a MultiObjectiveMixin (checked in setup)
+        module.balancing_override = self.first if first else self.second
         if not first and self.switched_at_step is None:
             self.switched_at_step = trainer.global_step
             self.switched_at_epoch = trainer.current_epoch
@@ -86,7 +87,8 @@ class StrategySwitch(Callback):
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.balancing_override = None
+        module: Any = pl_module
+        module.balancing_override = None
 
     @property
     @override

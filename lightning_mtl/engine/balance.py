@@ -85,10 +85,13 @@ class StepResult:
         observed: scope key → the per-objective gradients an observer asked for.
         losses: ``[T]`` detached objective values, averaged over processes (every process holds
             the same values, so decisions taken on them agree).
+        gradient_norms: ``[T]`` norms of the per-objective gradients of the balanced scope, when
+            asked for and computed on this step (not for a loss weighting unobserved).
     """
 
     observed: dict[str, ObjectiveGradients]
     losses: Tensor
+    gradient_norms: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class GradientEngine:
         observed: Mapping[str, Sequence[nn.Parameter] | None] | None = None,
         keep_edited: bool = False,
         final: bool = True,
+        norms: bool = False,
     ) -> StepResult | None:
         """Write the balanced gradient into ``.grad``; return the observed gradients and the
         objectives' values averaged over processes.
@@ -178,6 +182,8 @@ class GradientEngine:
                 want per-objective gradients on this step.
             keep_edited: also report a gradient surgery's edited gradients of the balanced scope.
             final: whether this call completes the optimizer step (always, without accumulation).
+            norms: also return the per-objective gradient norms of the balanced scope where the
+                step has those gradients.
         """
         if not isinstance(strategy, LossWeighting | GramianWeighting | JacobianStrategy):
             raise TypeError(
@@ -196,7 +202,16 @@ class GradientEngine:
                 pending.add(key, self.jacobians(scaled, params))
         if isinstance(strategy, LossWeighting):
             return self._loss_step(
-                names, objectives, scaled, strategy, scope, progress, backend, observed, final
+                names,
+                objectives,
+                scaled,
+                strategy,
+                scope,
+                progress,
+                backend,
+                observed,
+                final,
+                norms,
             )
         step = _Step(names, progress, keep_edited and None in observed.values())
         if scope.representation is not None:
@@ -205,7 +220,7 @@ class GradientEngine:
             balanced = self._balance_representation(
                 step, parts[_LOSSES], scaled, strategy, scope, backend
             )
-            return self._report(step.names, parts, observed, balanced, backend)
+            return self._report(step.names, parts, observed, balanced, backend, norms)
         pending.add(_BALANCED, self.jacobians(scaled, scope.parameters))
         pending.add(_OTHERS, _grads(scaled.sum(), scope.others))
         if not final:
@@ -217,7 +232,7 @@ class GradientEngine:
         unflatten_into_grads(scope.parameters, _rescale(direction, backend))
         unflatten_into_grads(scope.others, parts.pop(_OTHERS))
         balanced = ObjectiveGradients(names, jacobian, direction, edited)
-        return self._report(names, parts, observed, balanced, backend)
+        return self._report(names, parts, observed, balanced, backend, norms)
 
     def _loss_step(
         self,
@@ -230,6 +245,7 @@ class GradientEngine:
         backend: Backend,
         observed: dict[str, Sequence[nn.Parameter] | None],
         final: bool,
+        norms: bool,
     ) -> StepResult | None:
         """One weighted backward pass (per micro-batch); the per-objective gradients of the
         balanced scope only when an observer asks for them."""
@@ -262,7 +278,7 @@ class GradientEngine:
         if None in observed.values():
             shared = _unscale(parts.pop(_BALANCED), backend)
             balanced = ObjectiveGradients(names, shared, weights.to(shared.dtype) @ shared)
-        return self._report(names, parts, observed, balanced, backend)
+        return self._report(names, parts, observed, balanced, backend, norms)
 
     def _report(
         self,
@@ -271,6 +287,7 @@ class GradientEngine:
         observed: Mapping[str, Sequence[nn.Parameter] | None],
         balanced: ObjectiveGradients | None,
         backend: Backend,
+        norms: bool = False,
     ) -> StepResult:
         report = {}
         for key, params in observed.items():
@@ -280,7 +297,8 @@ class GradientEngine:
             else:
                 jacobian = _unscale(parts[key], backend)
                 report[key] = ObjectiveGradients(names, jacobian, self._applied(params, backend))
-        return StepResult(report, parts[_LOSSES])
+        gradient_norms = _row_norms(balanced.jacobian) if norms and balanced is not None else None
+        return StepResult(report, parts[_LOSSES], gradient_norms)
 
     def _local_scope_jacobian(self, scaled: Tensor, scope: Scope, backend: Backend) -> Tensor:
         """This process's per-objective gradients of the balanced scope (the representation's
@@ -457,6 +475,11 @@ def _mean_over_processes(parts: dict[str, Tensor], backend: Backend) -> dict[str
         averaged[key] = flat[offset : offset + part.numel()].view_as(part)
         offset += part.numel()
     return averaged
+
+
+def _row_norms(jacobian: Tensor) -> Tensor:
+    with full_precision(jacobian.device):
+        return jacobian.float().norm(dim=1)
 
 
 def _unscale(tensor: Tensor, backend: Backend) -> Tensor:

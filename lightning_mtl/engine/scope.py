@@ -30,7 +30,7 @@ def reachable_leaves(root: Tensor) -> set[int]:
         variable = getattr(node, "variable", None)
         if variable is not None:
             leaves.add(id(variable))
-        stack.extend(next_node for next_node, _ in node.next_functions)
+        stack.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
     return leaves
 
 

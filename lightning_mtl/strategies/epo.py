@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -242,7 +242,7 @@ class _StandardForm:
         count, constraints = objective.shape[0], rows.shape[0]
         size, equations = count + constraints, constraints + 1
         self.size, self.equations, self.tol = size, equations, tol
-        like = {"dtype": rows.dtype, "device": rows.device}
+        like: dict[str, Any] = {"dtype": rows.dtype, "device": rows.device}
         ones, slacks = torch.ones_like(objective), torch.zeros_like(bounds)
         self.matrix = torch.cat(
             [torch.cat([ones, slacks])[None], torch.cat([rows, -torch.eye(constraints, **like)], 1)]

@@ -281,6 +281,8 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         torch.Size([3, 10])
     """
 
+    hp_metric = "val/all"
+
     def __init__(
         self,
         strategy: GradientBalancingStrategy | None = None,
@@ -558,6 +560,8 @@ class DigitsMultiObjective(MultiObjectiveMixin, pl.LightningModule):
         >>> sorted(model.compute_objectives((torch.rand(4, 1, 8, 8), torch.arange(4)), 0))
         ['cls', 'rep']
     """
+
+    hp_metric = "val/acc"
 
     def __init__(
         self,

@@ -118,6 +118,8 @@ class LongTailClassifier(MultiObjectiveMixin, pl.LightningModule):
         ['class_0', 'class_3', 'class_7']
     """
 
+    hp_metric = "val/acc"
+
     mixup_enabled: bool = True
     """Whether ``mixup_alpha > 0`` mixes batches now (cRT's second stage turns it off)."""
 

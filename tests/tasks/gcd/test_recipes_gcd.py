@@ -114,6 +114,6 @@ def test_cub_recipe_trains_end_to_end_on_a_fake_copy(
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
     if method == "pgi":
         (angles,) = [c for c in cli.trainer.callbacks if isinstance(c, GradientAngleLogger)]
-        assert 0.0 <= angles.history[0]["angle/cls~rep"] <= 180.0
+        assert 0.0 <= angles.history[0]["angle/cls_vs_rep"] <= 180.0
     else:
         assert cli.model.eagc is not None and bool(cli.model.eagc.initialised)

@@ -228,6 +228,8 @@ class CelebAMultiTask(MultiObjectiveMixin, pl.LightningModule):
         (['Smiling', 'Young'], (4, 32), (4, 2))
     """
 
+    hp_metric = "val/acc_mean"
+
     def __init__(
         self,
         strategy: GradientBalancingStrategy | None = None,

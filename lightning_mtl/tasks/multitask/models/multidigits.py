@@ -117,6 +117,8 @@ class MultiDigitsModule(MultiObjectiveMixin, pl.LightningModule):
         ['task1']
     """
 
+    hp_metric = "val/acc_mean"
+
     def __init__(
         self,
         strategy: GradientBalancingStrategy | None = None,

@@ -498,6 +498,8 @@ class NYUv2MultiTask(MultiObjectiveMixin, pl.LightningModule):
         (['depth', 'normal', 'segmentation'], [(2, 13, 16, 24), (2, 1, 16, 24), (2, 3, 16, 24)])
     """
 
+    hp_metric = "val/segmentation_miou"
+
     def __init__(
         self,
         strategy: GradientBalancingStrategy | None = None,
