@@ -219,7 +219,12 @@ def test_the_general_method_alone_gives_the_same_solutions(
         assert combination_error(gramian, solution, other) <= EXACT
 
 
-def test_nonnegative_qp_linear_terms_outside_the_range() -> None:
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_nonnegative_qp_linear_terms_outside_the_range(
+    fast_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not fast_path:
+        monkeypatch.setattr(hs._NonnegativeQP, "_pivoting", unsolved)
     gramian = np.diag([1.0, 0.0, 4.0])
     linear = np.array(
         [
@@ -237,27 +242,30 @@ def test_nonnegative_qp_linear_terms_outside_the_range() -> None:
         hs.nonnegative_qp(gramian, np.zeros(2))
 
 
-def test_nonnegative_qp_badly_scaled_least_distance_is_posed_again(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("zero_gradient", [False, True])
+def test_nonnegative_qp_ill_conditioned_general_method(
+    zero_gradient: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nearly opposite gradients ``g_1 = (1, 0)``, ``g_2 = (−cos a, sin a)`` and ``c = (0, −ε)``:
-    the least-distance point ``y ≈ (0, ε / sin a)`` is about ``1 / sin a`` times its first
-    estimate ``ε / ‖g_2‖``. The general method poses the problem again in the scale of ``y``
-    and keeps the digits: both constraints are active, so ``x = −G⁻¹c``, here in exact rational
-    arithmetic on the float64 Gramian (whose rounding alone moves ``x`` by ~1e-6 from the
-    trigonometric formula, condition number 4e10)."""
+    """Nearly opposite gradients ``g_1 = (1, 0)``, ``g_2 = (−cos a, sin a)`` and ``c = (0, −ε)``,
+    by the general method: both constraints are active, so ``x = −G⁻¹c``, here in exact
+    rational arithmetic on the float64 Gramian (whose rounding alone moves ``x`` by ~1e-6 from
+    the trigonometric formula, condition number 4e10). With a third, zero gradient of cost 1,
+    ``c`` leaves the range of ``G`` and the least-distance program solves it: its point
+    ``y ≈ (0, ε / sin a)`` is about ``1 / sin a`` times its first estimate ``ε / ‖g_2‖``, so
+    the program is posed again in the scale of ``y``."""
     monkeypatch.setattr(hs._NonnegativeQP, "_pivoting", unsolved)
     angle, epsilon = 1e-5, 1e-3
     rows = np.array([[1.0, 0.0], [-math.cos(angle), math.sin(angle)]])
+    linear = np.array([0.0, -epsilon])
+    if zero_gradient:
+        rows, linear = np.vstack([rows, np.zeros(2)]), np.append(linear, 1.0)
     gramian = rows @ rows.T
-    solution = hs.nonnegative_qp(gramian, np.array([0.0, -epsilon]))
-    (a, b), (_, d) = ([Fraction(float(v)) for v in row] for row in gramian)
+    solution = hs.nonnegative_qp(gramian, linear)
+    (a, b), (_, d) = ([Fraction(float(v)) for v in row[:2]] for row in gramian[:2])
     determinant = a * d - b * b
-    expected = [
-        float(-b * Fraction(epsilon) / determinant),
-        float(a * Fraction(epsilon) / determinant),
-    ]
-    np.testing.assert_allclose(solution, expected, rtol=1e-9)
+    expected = [-b * Fraction(epsilon) / determinant, a * Fraction(epsilon) / determinant]
+    np.testing.assert_allclose(solution[:2], [float(x) for x in expected], rtol=1e-9)
+    assert solution[2:].tolist() == ([0.0] if zero_gradient else [])
 
 
 # --- conflict_averse_multipliers: CAGrad and PLOT

@@ -152,7 +152,7 @@ def gramian_factor(gramian: np.ndarray) -> np.ndarray:
 
     The factorisation stops at the first pivot below ``T · eps · max_t G_tt`` (LAPACK's
     default); the part of ``G`` left out then has entries of that order, rounding noise of a
-    float64 Gramian. At ``T = 40`` this takes a few microseconds, ``eigh`` about 0.1 ms.
+    float64 Gramian. At ``T = 40`` this takes about 20 µs, ``eigh`` about 0.1 ms.
 
     Example::
 
@@ -188,8 +188,8 @@ def simplex_qp(gramian: np.ndarray, linear: np.ndarray | None = None) -> np.ndar
         gramian: ``[T, T]`` positive semi-definite ``G``.
         linear: ``[T]`` ``c``, or ``None`` for 0. It must lie in the span of the columns of
             ``G`` and the all-ones vector (always so when ``G`` is non-singular, and for any
-            ``c = G u + β 1``); a ``ValueError`` says when it is off by more than ``1e-8`` of
-            ``max(‖c‖∞, max_t G_tt)``.
+            ``c = G u + β 1``); a ``ValueError`` says when its least-squares residual in that
+            span exceeds rounding, ``1e-9`` of the size of the terms.
 
     Returns:
         ``[T]`` optimal weights.
@@ -226,21 +226,23 @@ def nonnegative_qp(gramian: np.ndarray, linear: np.ndarray) -> np.ndarray:
     exchanges every variable that breaks the KKT conditions (``x_j < 0`` in ``F``,
     ``(Gx + c)_j < 0`` outside, beyond rounding), or only the last of them after three
     exchanges that did not reduce their number. Random and ill-conditioned test problems take
-    one to three such steps. A solve that stops after ``10`` steps or meets a singular
-    ``G_FF`` (duplicated gradients, say) goes to the general method: with ``G = RᵀR`` the
-    minimisers are the multipliers of the least-distance program ``min ‖y‖`` subject to
-    ``Rᵀy ≥ −c`` (``y = Rx``), solved as non-negative least squares (see the module
-    docstring), posed in a scale where ``‖y‖`` is about 1 (and posed again in the scale of its
-    first solution when that was off by more than ``10³``), so that ``σ = 1 / (1 + ‖y‖²)``
-    keeps its digits. Both end on the KKT conditions of the problem, solved on the optimal
-    free set.
+    one to three such steps. A problem still unsolved after ``10`` steps, or whose ``G_FF`` is
+    singular (duplicated gradients, more gradients than dimensions), goes to the general
+    method, non-negative least squares with ``G = RᵀR``:
 
-    With ``G`` semi-definite the problem is unbounded below exactly when the least-distance
-    program is infeasible (some ``x ≥ 0`` with ``Gx = 0`` has ``cᵀx < 0``); those rows, and rows
-    so nearly unbounded that ``‖y‖`` exceeds ``10⁶`` times its first estimate even when posed
-    again, are NaN. Problems with ``c`` in the range of ``G`` (``c = G u``, UPGrad's and
-    CAGrad's problems) are bounded. Where the minimiser is not unique (``G`` singular) every
-    minimiser has the same ``Gx``, and this returns one of them.
+    * where ``c = Rᵀq`` (``c`` in the range of ``G``, to rounding: UPGrad's and CAGrad's
+      problems), ``½ xᵀGx + cᵀx = ½ ‖Rx + q‖² − ½ ‖q‖²``, always bounded below;
+    * otherwise the minimisers are the multipliers of the least-distance program ``min ‖y‖``
+      subject to ``Rᵀy ≥ −c`` (``y = Rx``; see the module docstring), posed in a scale where
+      ``‖y‖`` is about 1 (and posed again in the scale of its first solution when that was
+      off by more than ``10³``), so that ``σ = 1 / (1 + ‖y‖²)`` keeps its digits. The problem
+      is unbounded below exactly when the program is infeasible (some ``x ≥ 0`` with
+      ``Gx = 0`` has ``cᵀx < 0``); those rows, and rows so nearly unbounded that ``‖y‖``
+      exceeds ``10⁶`` times its first estimate even when posed again, are NaN.
+
+    Every method ends on the KKT conditions, solved on the optimal free set. Where the
+    minimiser is not unique (``G`` singular) every minimiser has the same ``Gx``, and this
+    returns one of them.
 
     Args:
         gramian: ``[T, T]`` positive semi-definite ``G``.
@@ -792,7 +794,8 @@ def epo_weights(
         tol: the relative residuals and duality gap accepted as a solution.
 
     Returns:
-        ``[T]`` weights and ``μ``.
+        ``[T]`` weights and ``μ`` (through :func:`solve_on_host`, return them as one array,
+        ``np.append(weights, μ)``).
 
     Example::
 
