@@ -15,29 +15,30 @@ take on the CPU too, and times the call:
 (``unsqueeze``, ``diagonal``, ...), which cost host time but no launch (the counter is the test
 suite's, ``tests/host_sync.py``). The Jacobians are the
 test suite's kinds (random, ill-conditioned, nearly collinear) with 256 columns; Nash-MTL and
-GradVac keep state between calls, so each measured call is the first of a fresh strategy.
+GradVac keep state between calls, as they do in training.
 
 ``--compare`` times, in one run on the CPU with one thread (``torch.set_num_threads(1)`` and
 one BLAS thread through ``threadpoolctl``), the median of ``--repeats`` (default 15) calls on a
 random float32 ``[T, --columns]`` Jacobian (default 2000 columns) for each method of
 ``COMPARED``:
 
-* ``host``: the host solve of :mod:`lightning_mtl.strategies.host_solvers` alone, given the
-  float64 numpy Gramian, composed as the strategy's defaults define its weights;
-* ``host_aggregate``: the Gramian ``J Jᵀ``, that solve through ``solve_on_host`` (one copy of the
-  Gramian) and the combination ``w @ J``: what ``aggregate`` costs on the host path;
+* ``host``: the solve alone, the strategy's ``weights`` given the Gramian (its one copy to the
+  host, the compiled solve of :mod:`lightning_mtl.strategies.host_solvers`, the weights back);
+* ``host_aggregate``: ``strategy.aggregate(J)`` with ``solve_on="host"`` (the default): the
+  Gramian ``J Jᵀ``, that solve and the combination ``w @ J``;
 * ``torchjd``: torchjd's aggregator of the same method and settings on the same matrix (``n/a``
   where torchjd has none, or its optional solvers are missing: its UPGrad needs ``qpsolvers``
   and ``quadprog``, its CAGrad ``cvxpy`` and ``clarabel``, its NashMTL ``cvxpy`` and ``ecos``;
   install them outside the venv, e.g. ``pip install --target /tmp/peers --no-deps qpsolvers
   quadprog cvxpy clarabel ecos scs osqp qdldl``, and run with ``PYTHONPATH=/tmp/peers``);
-* ``current``: the current ``strategy.aggregate`` (the device solvers' CPU path).
+* ``device_path``: ``strategy.aggregate(J)`` with ``solve_on="device"`` (torch ops; on the CPU
+  the solvers stop once converged).
 
 Settings: CAGrad ``c = 0.4``; PLOT is CAGrad (``c = 0.5``) with the class preference of
 ``class_counts = 1..T``; FairGrad ``alpha = 1``; EPO with losses ``linspace(0.5, 2, T)``; the
-rest at their defaults (Nash-MTL and FairGrad clip to norm 1). The host solves start cold;
-torchjd's NashMTL is one aggregator called repeatedly (its cvxpy problem is built on the first
-call), ours a fresh strategy per call:
+rest at their defaults (Nash-MTL and FairGrad clip to norm 1). Each strategy and torchjd
+aggregator is built once and called repeatedly, as in training (Nash-MTL warm-starts from its last
+solution, torchjd's re-solves its cvxpy problem built on the first call):
 
     flock /tmp/cpu.lock python -m benchmarks.solver_cost --compare --json compare.json
 """
@@ -46,8 +47,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
-import math
 import statistics
 import time
 import warnings
@@ -62,9 +63,7 @@ from torch import Tensor
 
 import lightning_mtl.strategies as catalogue
 from lightning_mtl.strategies import GradientBalancingStrategy, accelerator_code_paths
-from lightning_mtl.strategies import host_solvers as hs
-from lightning_mtl.strategies.base import gramian_of
-from lightning_mtl.strategies.plot import class_preference
+from lightning_mtl.strategies.base import GramianBatch, gramian_of
 from tests.host_sync import OpCounter
 
 SOLVING_STRATEGIES = (
@@ -98,19 +97,53 @@ def test_jacobian(rows: int, kind: str, device: str, columns: int = 256) -> Tens
     return matrix.float().to(device)
 
 
-def strategy_call(name: str, rows: int, matrix: Tensor) -> Callable[[], Tensor]:
-    """One ``aggregate`` of a fresh ``name`` on ``matrix`` (EPO gets losses, PLOT class names)."""
+def make_strategy(name: str, rows: int, solve_on: str) -> GradientBalancingStrategy:
+    """A fresh ``name`` with the settings of the tables, solving ``solve_on`` where it can."""
+    cls = getattr(catalogue, name)
+    options: dict[str, Any] = {"c": CAGRAD_C} if name == "CAGrad" else {}
+    if name == "PLOT":
+        options = {"class_counts": list(range(1, rows + 1))}
+    if "solve_on" in inspect.signature(cls).parameters:
+        options["solve_on"] = solve_on
+    return cls(**options)
+
+
+def objective_names(name: str, rows: int) -> list[str]:
+    return [f"class_{c}" for c in range(rows)] if name == "PLOT" else [str(c) for c in range(rows)]
+
+
+def strategy_call(
+    name: str, rows: int, matrix: Tensor, solve_on: str = "device"
+) -> Callable[[], Tensor]:
+    """``aggregate`` of one ``name`` on ``matrix``, called again and again as in training (EPO
+    gets losses, PLOT class names; stateful strategies warm-start from their last call, as
+    torchjd's Nash-MTL does)."""
+    losses = torch.linspace(0.5, 2.0, rows, device=matrix.device)
+    strategy = make_strategy(name, rows, solve_on)
+    names = objective_names(name, rows)
 
     def call() -> Tensor:
-        if name == "PLOT":
-            plot = catalogue.PLOT(class_counts=list(range(1, rows + 1)))
-            return plot.aggregate(matrix, names=[f"class_{c}" for c in range(rows)])
-        strategy: GradientBalancingStrategy = getattr(catalogue, name)()
-        if name == "EPO":
-            return strategy.aggregate(
-                matrix, losses=torch.linspace(0.5, 2.0, rows, device=matrix.device)
-            )
-        return strategy.aggregate(matrix)
+        return strategy.aggregate(matrix, losses=losses, names=names)
+
+    return call
+
+
+def solve_call(name: str, rows: int, matrix: Tensor) -> Callable[[], Tensor]:
+    """The host solve alone: ``name``'s weights given the Gramian (one copy to the host, the
+    compiled solve, the weights back)."""
+    batch = GramianBatch(
+        names=tuple(objective_names(name, rows)),
+        losses=torch.linspace(0.5, 2.0, rows, device=matrix.device),
+        gramian=gramian_of(matrix),
+    )
+
+    strategy = make_strategy(name, rows, "host")
+    weighting = strategy.inner if isinstance(strategy, catalogue.SharpnessAware) else strategy
+    weighting.setup(batch.names)
+    assert isinstance(weighting, catalogue.GramianWeighting)
+
+    def call() -> Tensor:
+        return weighting.weights(batch)
 
     return call
 
@@ -182,62 +215,6 @@ PLOT_C = 0.5
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-def host_weights(name: str, rows: int) -> Callable[..., np.ndarray]:
-    """The strategy ``name``'s weights from the host solvers, given the float64 numpy Gramian
-    (and, for EPO, the losses), with the settings of ``--compare``."""
-    uniform = np.full(rows, 1.0 / rows)
-    if name == "MGDA":
-        return hs.simplex_qp
-    if name == "UPGrad":
-        return lambda g: uniform + hs.nonnegative_qp(g, uniform[:, None] * g).sum(0)
-    if name in ("CAGrad", "PLOT"):
-        c = CAGRAD_C if name == "CAGrad" else PLOT_C
-        preference = uniform if name == "CAGrad" else np.array(class_preference(range(1, rows + 1)))
-
-        def conflict_averse(g: np.ndarray) -> np.ndarray:
-            radius = c * math.sqrt(max(float(uniform @ g @ uniform), 0.0))
-            return (uniform + hs.conflict_averse_multipliers(g, preference, radius)) / (1 + c**2)
-
-        return conflict_averse
-    if name == "IMTLG":
-        return lambda g: hs.imtl_g_weights(g, eps=FLOAT32_EPS)
-    if name == "AlignedMTL":
-        return lambda g: hs.aligned_mtl_weights(g, uniform, eps=FLOAT32_EPS)
-    if name in ("NashMTL", "FairGrad"):
-        nash = name == "NashMTL"
-
-        def bargained(g: np.ndarray) -> np.ndarray:
-            weights, solved = hs.bargaining(g, 1.0, iterations=20 if nash else 30)
-            if not solved:
-                weights = np.ones(rows) if nash else uniform
-            return hs.clipped_update_weights(weights if nash else rows * weights, g, 1.0)
-
-        return bargained
-    if name == "EPO":
-        return lambda g, losses: hs.epo_weights(g, losses, np.ones(rows))[0]
-    raise ValueError(f"no host weights for {name!r}")
-
-
-def host_calls(name: str, matrix: Tensor) -> tuple[Callable[[], np.ndarray], Callable[[], Tensor]]:
-    """The host solve of ``name`` alone (given the float64 Gramian on the host), and
-    ``aggregate`` on the host path: Gramian, ``solve_on_host`` and ``w @ J``."""
-    rows = len(matrix)
-    solve = host_weights(name, rows)
-    host_gramian = gramian_of(matrix).double().numpy()
-    losses = torch.linspace(0.5, 2.0, rows)
-    on_device = (losses,) if name == "EPO" else ()
-    on_host = tuple(column.double().numpy() for column in on_device)
-
-    def solve_alone() -> np.ndarray:
-        return solve(host_gramian, *on_host)
-
-    def aggregate() -> Tensor:
-        weights = hs.solve_on_host(solve, gramian_of(matrix), columns=on_device)
-        return weights.to(matrix.dtype) @ matrix
-
-    return solve_alone, aggregate
-
-
 def torchjd_call(name: str, rows: int, matrix: Tensor) -> Callable[[], Tensor] | str:
     """torchjd's aggregator of ``name`` on ``matrix``, or why there is none."""
     constructors: dict[str, Callable[[Any], Any]] = {
@@ -280,10 +257,11 @@ def compare(names: list[str], sizes: list[int], columns: int, repeats: int) -> l
         for rows in sizes:
             matrix = test_jacobian(rows, "random", "cpu", columns=columns)
             for name in names:
-                solve_alone, aggregate = host_calls(name, matrix)
+                solve_alone = solve_call(name, rows, matrix)
+                aggregate = strategy_call(name, rows, matrix, "host")
                 peer = torchjd_call(name, rows, matrix)  # called once: its warm-up
-                current = strategy_call(name, rows, matrix)
-                for warm_up in (solve_alone, aggregate, current):
+                device_path = strategy_call(name, rows, matrix, "device")
+                for warm_up in (solve_alone, aggregate, device_path):
                     warm_up()
                 row: dict[str, Any] = {
                     "method": name,
@@ -292,7 +270,7 @@ def compare(names: list[str], sizes: list[int], columns: int, repeats: int) -> l
                     "host_aggregate": timed(aggregate, repeats, "cpu"),
                     "torchjd": timed(peer, repeats, "cpu") if callable(peer) else None,
                     "torchjd_missing": None if callable(peer) else peer,
-                    "current": timed(current, repeats, "cpu"),
+                    "device_path": timed(device_path, repeats, "cpu"),
                 }
                 table.append(row)
                 print(format_row(row), flush=True)
@@ -306,7 +284,7 @@ def format_row(row: dict[str, Any]) -> str:
         f"{row['method']:10s} T={row['T']:3d}  host {row['host']:8.3f} ms  host aggregate "
         f"{row['host_aggregate']:8.3f} ms  torchjd "
         + (f"{peer:8.3f} ms" if peer else "     n/a   ")
-        + f"  current {row['current']:8.2f} ms  host aggregate / torchjd {ratio}"
+        + f"  device path {row['device_path']:8.2f} ms  host aggregate / torchjd {ratio}"
     )
 
 

@@ -172,7 +172,9 @@ def test_sharpness_aware_checks_and_delegates() -> None:
     rows = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     torch.testing.assert_close(sam.aggregate(rows), MGDA().aggregate(rows))
     assert sam.log_values() == sam.inner.log_values() and sam.last_weights
-    assert repr(sam) == "SharpnessAware(inner=MGDA(normalization='none'), rho=0.05, keep=0.5)"
+    assert repr(sam) == (
+        "SharpnessAware(inner=MGDA(normalization='none', solve_on='host'), rho=0.05, keep=0.5)"
+    )
 
 
 def _logged(callbacks: list) -> dict[str, float]:  # type: ignore[type-arg]

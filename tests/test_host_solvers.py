@@ -23,7 +23,7 @@ from lightning_mtl.strategies import host_solvers as hs
 from lightning_mtl.strategies import solvers
 from lightning_mtl.strategies._bargaining import clipped_update_weights, solve_bargaining
 from lightning_mtl.strategies.aligned_mtl import AlignedMTL
-from lightning_mtl.strategies.base import ObjectiveBatch
+from lightning_mtl.strategies.base import GramianBatch
 from lightning_mtl.strategies.cagrad import conflict_averse_multipliers
 from lightning_mtl.strategies.epo import EPO
 from lightning_mtl.strategies.imtl_g import IMTLG
@@ -499,9 +499,9 @@ def test_epo_weights_are_the_device_solvers(kind: str, size: int, on_ray: bool) 
     preference = (generator.random(size) + 0.5).astype(np.float32).astype(np.float64)
     losses = 1.5 / preference if on_ray else generator.random(size) * 2 + 0.1
     weights, non_uniformity = hs.epo_weights(gramian, losses, preference)
-    epo = EPO(preference=preference.tolist())
+    epo = EPO(preference=preference.tolist(), solve_on="device")
     names = tuple(str(i) for i in range(size))
-    batch = ObjectiveBatch(
+    batch = GramianBatch(
         names=names, losses=torch.from_numpy(losses), gramian=torch.from_numpy(gramian)
     )
     device = epo.weights(batch).numpy()
@@ -537,13 +537,17 @@ def test_imtl_g_and_aligned_mtl_are_the_strategies_weights(kind: str, size: int)
     rows = rows_of(kind, size, seed=8)
     gramian = rows @ rows.T
     names = tuple(str(i) for i in range(size))
-    batch = ObjectiveBatch(names=names, gramian=torch.from_numpy(gramian))
+    batch = GramianBatch(
+        names=names, losses=torch.ones(size, dtype=torch.float64), gramian=torch.from_numpy(gramian)
+    )
     eps = float(np.finfo(np.float64).eps)
     imtl = hs.imtl_g_weights(gramian, eps=eps)
     aligned = hs.aligned_mtl_weights(gramian, np.full(size, 1.0 / size), eps=eps)
     if kind != "collinear":
-        assert combination_error(gramian, imtl, IMTLG().weights(batch).numpy()) <= EXACT
-        assert combination_error(gramian, aligned, AlignedMTL().weights(batch).numpy()) <= EXACT
+        device_imtl = IMTLG(solve_on="device").weights(batch).numpy()
+        device_aligned = AlignedMTL(solve_on="device").weights(batch).numpy()
+        assert combination_error(gramian, imtl, device_imtl) <= EXACT
+        assert combination_error(gramian, aligned, device_aligned) <= EXACT
     # IMTL-G: equal, positive projections of d = Jᵀw on the unit gradients.
     projections = (gramian @ imtl) / np.sqrt(gramian.diagonal())
     bargains = gramian.diagonal() > 0

@@ -26,6 +26,12 @@ pytestmark = pytest.mark.usefixtures("accelerator_paths", "single_thread")
 
 FINITENESS_READ = ("_local_scalar_dense", "mixin.py")
 """The step's one read: whether its objectives and gradients were finite."""
+GRAMIAN_COPY = ("numpy", "strategies/host_solvers.py")
+"""A strategy that solves on the host (the default): the one copy of its Gramian."""
+
+
+def _solves_on_host(strategy: object) -> bool:
+    return getattr(getattr(strategy, "inner", strategy), "solve_on", None) == "host"
 
 
 def _calls(found: list[HostSync]) -> list[str]:
@@ -72,10 +78,23 @@ def test_the_detector_lets_device_side_code_through() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(strategy_catalogue()))
-def test_every_strategy_steps_without_host_synchronisation(name: str) -> None:
+def test_every_strategy_steps_with_only_its_documented_reads(name: str) -> None:
     found: list[HostSync] = []
+    strategy = strategy_catalogue()[name]()
     # Only the last step is held to the rule: the first ones may build lazily made state.
-    engine_steps(strategy_catalogue()[name](), "cpu", watch_last=lambda: detect_host_syncs(found))
+    engine_steps(strategy, "cpu", watch_last=lambda: detect_host_syncs(found))
+    assert _reads([found]) == [[GRAMIAN_COPY] if _solves_on_host(strategy) else []]
+
+
+@pytest.mark.parametrize(
+    "name", sorted(name for name, make in strategy_catalogue().items() if _solves_on_host(make()))
+)
+def test_solvers_on_the_device_step_without_host_synchronisation(name: str) -> None:
+    found: list[HostSync] = []
+    strategy = strategy_catalogue()[name]()
+    inner = getattr(strategy, "inner", strategy)
+    inner.solve_on = "device"
+    engine_steps(strategy, "cpu", watch_last=lambda: detect_host_syncs(found))
     assert found == []
 
 
@@ -123,14 +142,16 @@ def test_embedded_recipes_step_without_host_synchronisation(
     recipe: str, overrides: tuple[str, ...]
 ) -> None:
     steps = _fit_recipe(recipe, *overrides)
-    assert _reads(steps[1:]) == [[FINITENESS_READ]] * (len(steps) - 1)
+    solver = any(name in "".join(overrides) for name in ("NashMTL", "AlignedMTL", "CAGrad"))
+    expected = [GRAMIAN_COPY, FINITENESS_READ] if solver else [FINITENESS_READ]
+    assert _reads(steps[1:]) == [expected] * (len(steps) - 1)
 
 
 def test_the_long_tail_step_reads_the_class_counts_once() -> None:
     # The documented exception: the classes present in the batch name the objectives.
     steps = _fit_recipe("digits_lt_plot")
     for reads in _reads(steps[1:]):
-        assert reads == [("tolist", "tasks/long_tail/models.py"), FINITENESS_READ]
+        assert reads == [("tolist", "tasks/long_tail/models.py"), GRAMIAN_COPY, FINITENESS_READ]
 
 
 def test_celeba_and_nyuv2_steps_make_no_host_synchronisation() -> None:
@@ -180,7 +201,8 @@ def test_mixin_options_step_without_host_synchronisation(
     module.configure_balancing(module.balancing_strategy, **options)  # type: ignore[arg-type]
     steps = watch_steps(module)
     make_trainer(max_steps=4, log_every_n_steps=1000).fit(module, DataLoader(DATA, batch_size=8))
-    assert _reads(steps[1:]) == [[FINITENESS_READ]] * 3
+    expected = [GRAMIAN_COPY] if _solves_on_host(module.balancing_strategy) else []
+    assert _reads(steps[1:]) == [[*expected, FINITENESS_READ]] * 3
 
 
 def test_gradient_callbacks_make_no_host_synchronisation_in_the_step() -> None:

@@ -43,7 +43,15 @@ CORE_IMPORTS = {
 # Third-party packages the core may import; the domains' own (scikit-learn, timm, torchvision,
 # matplotlib, tensorboard, pillow, torchmetrics) only the slices may, or through
 # lightning_mtl.extras.optional_import.
-CORE_THIRD_PARTY = {"torch", "lightning", "numpy", "scipy", "typing_extensions", "jsonargparse"}
+CORE_THIRD_PARTY = {
+    "torch",
+    "lightning",
+    "numpy",
+    "scipy",
+    "threadpoolctl",
+    "typing_extensions",
+    "jsonargparse",
+}
 CORE_THIRD_PARTY_BY_LAYER = {"cli": {"rich", "yaml"}, "strategies": {"torchjd"}}  # torchjd lazily
 
 

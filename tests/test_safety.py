@@ -196,7 +196,13 @@ def test_load_from_checkpoint_restores_a_stateful_strategy(tmp_path: Path) -> No
     hparams = yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text())
     assert hparams["strategy"] == {
         "class_path": "lightning_mtl.strategies.nash_mtl.NashMTL",
-        "init_args": {"max_norm": 2.0, "update_weights_every": 2, "optim_niter": 20, "tol": 1e-06},
+        "init_args": {
+            "max_norm": 2.0,
+            "update_weights_every": 2,
+            "optim_niter": 20,
+            "tol": 1e-06,
+            "solve_on": "host",
+        },
     }
 
 

@@ -150,4 +150,4 @@ def test_weights_dtype_arguments_and_repr() -> None:
         AlignedMTL(scale_mode="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="3 weights for 2 objectives"):
         AlignedMTL(preference=[1.0, 1.0, 1.0]).aggregate(torch.eye(2))
-    assert repr(AlignedMTL()) == "AlignedMTL(scale_mode='min', preference=None)"
+    assert repr(AlignedMTL()) == ("AlignedMTL(scale_mode='min', preference=None, solve_on='host')")

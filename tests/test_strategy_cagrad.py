@@ -237,4 +237,6 @@ def test_non_finite_gradients_stay_non_finite_and_overflow_falls_back_to_the_mea
 
 def test_weights_are_float32_on_float32_gramians_and_repr() -> None:
     check_float32_weights(CAGrad)
-    assert repr(CAGrad(c=0.4, rescale=2)) == "CAGrad(c=0.4, rescale=2, preference=None)"
+    assert repr(CAGrad(c=0.4, rescale=2)) == (
+        "CAGrad(c=0.4, rescale=2, preference=None, solve_on='host')"
+    )

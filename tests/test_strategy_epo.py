@@ -225,19 +225,22 @@ def test_needs_losses_gramian_and_every_preference() -> None:
         EPO(preference={"a": 1.0}).aggregate(rows, losses=torch.ones(2), names=["a", "b"])
     with pytest.raises(ValueError, match="EPO preference has 3 weights for 2 objectives"):
         EPO(preference=[1.0, 2.0, 3.0]).aggregate(rows, losses=torch.ones(2))
-    assert repr(EPO()) == "EPO(preference=None, eps=0.0001, iterations=40, tol=1e-08)"
+    assert repr(EPO()) == (
+        "EPO(preference=None, eps=0.0001, iterations=40, tol=1e-08, solve_on='host')"
+    )
 
 
 def test_no_host_reads_of_tensor_values() -> None:
     """Meta tensors carry no values: any host read of one (``.item()``, ``bool``) would raise,
-    so the mode switch and the interior-point iterations run without host synchronisation."""
+    so on the device path the mode switch and the interior-point iterations run without host
+    synchronisation."""
     batch = GramianBatch(
         names=tuple("abcd"),
         losses=torch.empty(4, device="meta"),
         gramian=torch.empty(4, 4, device="meta"),
     )
     preference = {"a": 1.0, "b": 2.0, "c": 1.0, "d": 0.5}
-    assert EPO(preference=preference).weights(batch).device.type == "meta"
+    assert EPO(preference=preference, solve_on="device").weights(batch).device.type == "meta"
 
 
 def test_lightning_step_writes_the_epo_direction() -> None:

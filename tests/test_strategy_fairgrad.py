@@ -143,7 +143,9 @@ def test_needs_the_gramian_logs_weights_and_has_a_repr() -> None:
     fair = FairGrad(alpha=2.0, max_norm=None)
     fair.aggregate(torch.eye(2), names=["x", "y"])
     assert set(fair.log_values()) == {"weight/x", "weight/y"}
-    assert repr(fair) == "FairGrad(alpha=2.0, max_norm=None, iterations=30, tol=1e-06)"
+    assert repr(fair) == (
+        "FairGrad(alpha=2.0, max_norm=None, iterations=30, tol=1e-06, solve_on='host')"
+    )
 
 
 def test_no_host_reads_of_tensor_values() -> None:
@@ -153,7 +155,7 @@ def test_no_host_reads_of_tensor_values() -> None:
         losses=torch.empty(4, device="meta"),
         gramian=torch.empty(4, 4, device="meta"),
     )
-    assert FairGrad(alpha=2.0).weights(batch).device.type == "meta"
+    assert FairGrad(alpha=2.0, solve_on="device").weights(batch).device.type == "meta"
 
 
 def test_lightning_step_writes_the_fairgrad_direction() -> None:

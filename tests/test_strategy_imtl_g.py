@@ -127,4 +127,4 @@ def test_non_finite_gradients_stay_non_finite_and_overflow_falls_back_to_the_mea
 
 def test_weights_dtype_and_repr() -> None:
     check_float32_weights(IMTLG)
-    assert repr(IMTLG()) == "IMTLG()"
+    assert repr(IMTLG()) == "IMTLG(solve_on='host')"

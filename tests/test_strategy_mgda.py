@@ -160,4 +160,4 @@ def test_non_finite_gradients_stay_non_finite_and_overflow_falls_back_to_the_mea
 def test_arguments_and_repr() -> None:
     with pytest.raises(ValueError, match="normalization must be one of"):
         MGDA("l1")  # type: ignore[arg-type]
-    assert repr(MGDA("loss+")) == "MGDA(normalization='loss+')"
+    assert repr(MGDA("loss+")) == "MGDA(normalization='loss+', solve_on='host')"

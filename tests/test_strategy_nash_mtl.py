@@ -231,7 +231,7 @@ def test_argument_checks(kwargs: dict, message: str) -> None:
 def test_needs_the_gramian_and_has_a_repr() -> None:
     assert isinstance(NashMTL(), GramianWeighting)  # the engine hands it the Gramian
     assert repr(NashMTL()) == (
-        "NashMTL(max_norm=1.0, update_weights_every=1, optim_niter=20, tol=1e-06)"
+        "NashMTL(max_norm=1.0, update_weights_every=1, optim_niter=20, tol=1e-06, solve_on='host')"
     )
 
 
@@ -239,7 +239,7 @@ def test_no_host_reads_of_tensor_values() -> None:
     """Meta tensors carry no values, so ``.item()``, ``bool(tensor)`` or data-dependent shapes
     raise on them: the solve, the fallback and the schedule run without host synchronisation."""
     gramian = torch.empty(5, 5, device="meta")
-    nash = NashMTL(update_weights_every=2)
+    nash = NashMTL(update_weights_every=2, solve_on="device")
     for step in range(3):
         batch = GramianBatch(
             names=tuple("abcde"),

@@ -143,4 +143,6 @@ def test_weights_dtype_arguments_and_repr() -> None:
     for label in ("norm_eps", "reg_eps"):
         with pytest.raises(ValueError, match=f"{label} must be finite and >= 0"):
             UPGrad(**{label: -1.0})
-    assert repr(UPGrad()) == "UPGrad(pref_vector=None, norm_eps=0.0, reg_eps=0.0)"
+    assert repr(UPGrad()) == (
+        "UPGrad(pref_vector=None, norm_eps=0.0, reg_eps=0.0, solve_on='host')"
+    )

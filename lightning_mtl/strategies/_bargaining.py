@@ -40,9 +40,14 @@ of ``G`` are replaced by those of the identity) and gets weight 0.
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_mtl.strategies import host_solvers
+from lightning_mtl.strategies.host_solvers import solve_on_host
 from lightning_mtl.strategies.solvers import settled_on_host
 
 # Newton step lengths τ tried besides 1/(1 + λ): 1, 1/2, ..., 2^-29.
@@ -51,6 +56,46 @@ _HALVINGS = 30
 _FULL_STEP_DECREMENT = 0.25
 # Relative residual at which iterates stop changing: float64 rounding noise.
 _FROZEN = 1e-12
+
+
+def bargain(
+    gramian: Tensor,
+    power: float,
+    start: Tensor | None,
+    iterations: int,
+    tol: float,
+    solve_on: str,
+) -> tuple[Tensor, Tensor]:
+    """:func:`solve_bargaining` on the host (:func:`~lightning_mtl.strategies.host_solvers.
+    bargaining`, the same method in numpy, from one copy of the Gramian and the warm start) or on
+    the device, as ``solve_on`` says.
+
+    Example::
+
+        >>> g = torch.tensor([[2.0, 0.0], [0.0, 0.5]])
+        >>> bargain(g, 1.0, None, 20, 1e-6, "host")[0]
+        tensor([0.7071, 1.4142], dtype=torch.float64)
+    """
+    if solve_on != "host":
+        return solve_bargaining(gramian, power, start=start, iterations=iterations, tol=tol)
+    solve = functools.partial(_host_bargaining, power=power, iterations=iterations, tol=tol)
+    columns = (start,) if start is not None else ()
+    size = gramian.shape[0]
+    result = solve_on_host(solve, gramian, columns=columns, shape=(size + 1,))
+    return result[:size], result[size] > 0.5
+
+
+def _host_bargaining(
+    gramian: np.ndarray,
+    start: np.ndarray | None = None,
+    *,
+    power: float,
+    iterations: int,
+    tol: float,
+) -> np.ndarray:
+    """The host solution followed by its ``solved`` flag (1 or 0), as one array."""
+    solution, solved = host_solvers.bargaining(gramian, power, start, iterations, tol)
+    return np.append(solution, float(solved))
 
 
 def solve_bargaining(

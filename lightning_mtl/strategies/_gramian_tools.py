@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,6 +22,30 @@ from lightning_mtl.strategies.base import device_vector
 from lightning_mtl.strategies.code_paths import host_shortcuts
 
 PreferenceSpec = Mapping[str, float] | Sequence[float] | None
+
+SolveOn = Literal["host", "device"]
+"""Where a Gramian strategy solves its ``[T, T]`` problem.
+
+``"host"`` (the default): in float64 by compiled numerics (LAPACK, scipy's NNLS) after one
+device→host copy of the Gramian (:func:`~lightning_mtl.strategies.host_solvers.solve_on_host`):
+one synchronisation per step, which costs tens of microseconds, against the thousands of small
+kernels a solver in torch ops launches on a GPU. ``"device"``: a fixed-count solver in torch ops
+where the Gramian lives, with no host synchronisation — for steps captured in a CUDA graph, which
+cannot read back to the host. Both give the same weights (``tests/test_solve_on.py``).
+"""
+
+
+def checked_solve_on(value: str) -> SolveOn:
+    """``value`` if it is ``"host"`` or ``"device"``.
+
+    Example::
+
+        >>> checked_solve_on("host")
+        'host'
+    """
+    if value not in ("host", "device"):
+        raise ValueError(f"solve_on must be 'host' or 'device'; got {value!r}.")
+    return value  # type: ignore[return-value]
 
 
 class Preference:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -12,11 +13,14 @@ from typing_extensions import override
 from lightning_mtl.strategies._gramian_tools import (
     Preference,
     PreferenceSpec,
+    SolveOn,
+    checked_solve_on,
     finite_or,
     significant,
     symmetric_eigh,
 )
 from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
+from lightning_mtl.strategies.host_solvers import aligned_mtl_weights, solve_on_host
 
 ScaleMode = Literal["min", "median", "rmse"]
 _SCALE_MODES = ("min", "median", "rmse")
@@ -37,7 +41,8 @@ class AlignedMTL(GramianWeighting):
     authors' code: eigenvalues up to ``T · eps(dtype) · λ_max`` are dropped (see
     :func:`significant`), ``B`` acts on the kept eigen-directions only, and ``σ²`` is taken
     among the kept eigenvalues; an all-zero Gramian gives a zero update. The eigendecomposition is
-    a Jacobi method on the device, which needs no host synchronisation. Should it fail (only a
+    LAPACK's on the host by default, or a Jacobi method on the device, which needs no host
+    synchronisation. Should it fail (only a
     non-finite or overflowing Gramian makes it), the weights fall back to ``p``.
 
     ``preference`` is ``p``, by objective name or in row order: ``1/T`` each by default (as in
@@ -47,6 +52,9 @@ class AlignedMTL(GramianWeighting):
     Args:
         scale_mode: ``"min"``, ``"median"`` or ``"rmse"``.
         preference: the weights ``p`` of the aligned gradients.
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -55,11 +63,17 @@ class AlignedMTL(GramianWeighting):
         tensor([0.5000, 0.5000])
     """
 
-    def __init__(self, scale_mode: ScaleMode = "min", preference: PreferenceSpec = None) -> None:
+    def __init__(
+        self,
+        scale_mode: ScaleMode = "min",
+        preference: PreferenceSpec = None,
+        solve_on: SolveOn = "host",
+    ) -> None:
         if scale_mode not in _SCALE_MODES:
             raise ValueError(f"scale_mode must be one of {list(_SCALE_MODES)}; got {scale_mode!r}.")
         self.scale_mode = scale_mode
         self.preference = Preference(preference, "AlignedMTL")
+        self.solve_on = checked_solve_on(solve_on)
 
     @override
     def setup(self, names: Sequence[str]) -> None:
@@ -67,11 +81,19 @@ class AlignedMTL(GramianWeighting):
 
     @override
     def weights(self, batch: GramianBatch) -> Tensor:
+        preference = self.preference.vector(batch.names, batch.gramian).double()
+        if self.solve_on == "host":
+            solve = functools.partial(
+                aligned_mtl_weights,
+                eps=torch.finfo(batch.gramian.dtype).eps,
+                scale_mode=self.scale_mode,
+            )
+            weights = solve_on_host(solve, batch.gramian, columns=(preference,))
+            return finite_or(weights, preference).to(batch.gramian.dtype)
         eigenvalues, eigenvectors = symmetric_eigh(batch.gramian.double())
         kept = significant(eigenvalues, batch.gramian.dtype)
         target = self._target(eigenvalues, kept)
         gains = torch.where(kept, (target / torch.where(kept, eigenvalues, 1.0)).sqrt(), 0.0)
-        preference = self.preference.vector(batch.names, batch.gramian).double()
         weights = eigenvectors @ (gains * (eigenvectors.T @ preference))
         return finite_or(weights, preference).to(batch.gramian.dtype)
 

@@ -260,7 +260,7 @@ class GradientBalancingStrategy(ABC):
 
             >>> from lightning_mtl.strategies import CAGrad
             >>> CAGrad(c=0.4).hyperparameters()
-            {'c': 0.4, 'rescale': 1, 'preference': None}
+            {'c': 0.4, 'rescale': 1, 'preference': None, 'solve_on': 'host'}
         """
         return dict(self._init_arguments)
 
@@ -277,7 +277,7 @@ class GradientBalancingStrategy(ABC):
             >>> from lightning_mtl.strategies import CAGrad
             >>> CAGrad(c=0.4).config()
             {'class_path': 'lightning_mtl.strategies.cagrad.CAGrad', 'init_args': {'c': 0.4, \
-'rescale': 1, 'preference': None}}
+'rescale': 1, 'preference': None, 'solve_on': 'host'}}
         """
         cls = type(self)
         arguments = {name: _plain(value, name) for name, value in self.hyperparameters().items()}
@@ -309,7 +309,7 @@ def strategy_from_config(config: Mapping[str, Any]) -> GradientBalancingStrategy
 
         >>> from lightning_mtl.strategies import CAGrad
         >>> strategy_from_config(CAGrad(c=0.4).config())
-        CAGrad(c=0.4, rescale=1, preference=None)
+        CAGrad(c=0.4, rescale=1, preference=None, solve_on='host')
     """
     if "class_path" not in config:
         raise ValueError(f"a strategy config needs a class_path; got {dict(config)}.")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import override
@@ -12,12 +15,18 @@ from typing_extensions import override
 from lightning_mtl.strategies._gramian_tools import (
     Preference,
     PreferenceSpec,
+    SolveOn,
+    checked_solve_on,
     finite_or,
     row_norms,
     solvable,
 )
 from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 from lightning_mtl.strategies.code_paths import host_shortcuts
+from lightning_mtl.strategies.host_solvers import (
+    conflict_averse_multipliers as host_multipliers,
+)
+from lightning_mtl.strategies.host_solvers import solve_on_host
 from lightning_mtl.strategies.solvers import solve_nonnegative_qp
 
 # The search for the best worst-case level z narrows its bracket 65536 times, then interpolates
@@ -73,6 +82,9 @@ class CAGrad(GramianWeighting):
         c: radius of the ball around ``g0``, relative to ``‖g0‖``; ``c ≥ 0``.
         rescale: 0, 1 or 2, as above.
         preference: weights ``b`` of ``g0``, by objective name or in row order.
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -86,6 +98,7 @@ class CAGrad(GramianWeighting):
         c: float = 0.5,
         rescale: Literal[0, 1, 2] = 1,
         preference: PreferenceSpec = None,
+        solve_on: SolveOn = "host",
     ) -> None:
         if not (c >= 0 and c < float("inf")):
             raise ValueError(f"c must be finite and >= 0; got {c}.")
@@ -95,6 +108,7 @@ class CAGrad(GramianWeighting):
         self.rescale = rescale
         self.preference = Preference(preference, "CAGrad")
         self.divisor = (1.0, 1.0 + self.c**2, 1.0 + self.c)[rescale]
+        self.solve_on = checked_solve_on(solve_on)
 
     @override
     def setup(self, names: Sequence[str]) -> None:
@@ -102,12 +116,34 @@ class CAGrad(GramianWeighting):
 
     @override
     def weights(self, batch: GramianBatch) -> Tensor:
-        gramian, finite = solvable(batch.gramian.double())
         preference = self.preference.vector(batch.names, batch.gramian).double()
+        fallback = preference / self.divisor
+        if self.solve_on == "host":
+            solve = functools.partial(host_conflict_averse_weights, c=self.c, average=False)
+            weights = solve_on_host(solve, batch.gramian, columns=(preference,)) / self.divisor
+            return finite_or(weights, fallback).to(batch.gramian.dtype)
+        gramian, finite = solvable(batch.gramian.double())
         radius = self.c * (preference @ gramian @ preference).clamp_min(0.0).sqrt()
         multipliers = conflict_averse_multipliers(gramian, preference, radius)
         weights = (preference + multipliers) / self.divisor
-        return finite_or(weights, preference / self.divisor, finite).to(batch.gramian.dtype)
+        return finite_or(weights, fallback, finite).to(batch.gramian.dtype)
+
+
+def host_conflict_averse_weights(
+    gramian: np.ndarray, preference: np.ndarray, *, c: float, average: bool
+) -> np.ndarray:
+    """``b + λ`` on the host, with ``λ`` the conflict-averse multipliers for the radius
+    ``c ‖g0‖``: ``g0 = Jᵀb`` (CAGrad), or the plain mean of the gradients with ``average``
+    (PLOT, where ``b`` steers only the correction). ``b`` sums to 1 for PLOT.
+
+    Example::
+
+        >>> host_conflict_averse_weights(np.eye(2), np.full(2, 0.5), c=0.0, average=False)
+        array([0.5, 0.5])
+    """
+    centre = np.full(len(preference), 1.0 / len(preference)) if average else preference
+    radius = c * math.sqrt(max(float(centre @ gramian @ centre), 0.0))
+    return centre + host_multipliers(gramian, preference, radius)
 
 
 def conflict_averse_multipliers(gramian: Tensor, preference: Tensor, radius: Tensor) -> Tensor:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies._gramian_tools import Preference, PreferenceSpec, finite_or
+from lightning_mtl.strategies._gramian_tools import (
+    Preference,
+    PreferenceSpec,
+    SolveOn,
+    checked_solve_on,
+    finite_or,
+)
 from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
+from lightning_mtl.strategies.host_solvers import epo_weights, solve_on_host
 from lightning_mtl.strategies.solvers import settled_on_host
 
 # Constraint rows below this fraction of the largest coefficient are treated as zero rows.
@@ -45,17 +54,17 @@ class EPO(GramianWeighting):
 
     Choices made here:
 
-    * The authors solve the program with GLPK on the host. We solve it on the device with
-      Mehrotra's predictor–corrector interior-point method (Nocedal & Wright, *Numerical
-      Optimization*, algorithm 14.3) in float64 with a fixed number of iterations, after
-      equilibrating the constraint rows and the objective (which leaves the program unchanged).
-      An infeasible program (the descent constraints can contradict each other) shows in the
-      residuals after the last iteration; then the fallback applies, as it does if the method
-      has not converged (the default 40 iterations are twice what the test problems need).
-      Where several ``β`` are optimal, the interior-point method ends inside the optimal face,
-      near its analytic centre, where GLPK returns a vertex: on the ray with orthogonal
-      gradients of equal norm, for instance, every ``β`` is optimal and we return the uniform
-      one, GLPK a single objective. Both are solutions of the paper's program.
+    * The authors solve the program with GLPK on the host. We solve it (on the host by default, or
+      on the device) with Mehrotra's predictor–corrector interior-point method (Nocedal & Wright,
+      *Numerical Optimization*, algorithm 14.3) in float64 with a fixed number of iterations, after
+      equilibrating the constraint rows and the objective (which leaves the program unchanged). An
+      infeasible program (the descent constraints can contradict each other) shows in the residuals
+      after the last iteration; then the fallback applies, as it does if the method has not
+      converged (the default 40 iterations are twice what the test problems need). Where several
+      ``β`` are optimal, the interior-point method ends inside the optimal face, near its analytic
+      centre, where GLPK returns a vertex: on the ray with orthogonal gradients of equal norm, for
+      instance, every ``β`` is optimal and we return the uniform one, GLPK a single objective. Both
+      are solutions of the paper's program.
     * The mode is chosen with ``torch.where`` (both programs are set up, one is solved).
     * EPO needs positive losses (the authors' code raises otherwise); a loss ``≤ 0`` counts as
       0, so ``l̂_i = 0`` (the objective is as far ahead as can be), with ``0 log 0 = 0``; when
@@ -69,6 +78,9 @@ class EPO(GramianWeighting):
         iterations: interior-point iterations per step.
         tol: the largest relative primal and dual residual and duality gap accepted as a
             solution of the program.
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -89,8 +101,10 @@ class EPO(GramianWeighting):
         eps: float = 1e-4,
         iterations: int = 40,
         tol: float = 1e-8,
+        solve_on: SolveOn = "host",
     ) -> None:
         self.preference = Preference(preference, "EPO")
+        self.solve_on = checked_solve_on(solve_on)
         if 0.0 in _values(self.preference):
             raise ValueError(
                 f"EPO preference weights must be positive (a zero keeps the losses off every "
@@ -116,6 +130,14 @@ class EPO(GramianWeighting):
         losses = batch.losses
         gramian = batch.gramian
         preference = self.preference.vector(batch.names, losses).double()
+        if self.solve_on == "host":
+            solve = functools.partial(
+                _host_epo, eps=self.eps, iterations=self.iterations, tol=self.tol
+            )
+            size = len(batch.names)
+            result = solve_on_host(solve, gramian, columns=(losses, preference), shape=(size + 1,))
+            self.non_uniformity = result[size]
+            return result[:size].to(gramian.dtype)
         g = gramian.double()
         non_uniformity, program = _programs(losses.double(), preference, g, self.eps)
         beta, solved = _maximise_on_simplex(program, self.iterations, self.tol)
@@ -132,6 +154,20 @@ class EPO(GramianWeighting):
         if self.non_uniformity is not None:
             values["non_uniformity"] = self.non_uniformity
         return values
+
+
+def _host_epo(
+    gramian: np.ndarray,
+    losses: np.ndarray,
+    preference: np.ndarray,
+    *,
+    eps: float,
+    iterations: int,
+    tol: float,
+) -> np.ndarray:
+    """EPO's weights followed by the non-uniformity ``μ``, as one array, on the host."""
+    weights, non_uniformity = epo_weights(gramian, losses, preference, eps, iterations, tol)
+    return np.append(weights, non_uniformity)
 
 
 def _values(preference: Preference) -> tuple[float, ...]:

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies._bargaining import clipped_update_weights, solve_bargaining
-from lightning_mtl.strategies._gramian_tools import finite_or
+from lightning_mtl.strategies._bargaining import bargain, clipped_update_weights
+from lightning_mtl.strategies._gramian_tools import SolveOn, checked_solve_on, finite_or
 from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 
 
@@ -29,15 +29,14 @@ class FairGrad(GramianWeighting):
 
     Choices made here:
 
-    * The authors solve the equation with ``scipy.optimize.least_squares`` from ``w = 1/T`` on
-      the host. We solve it on the device by Newton's method on the strictly convex potential
-      ``½ wᵀ G w − Σ_i w_i^(1−1/α) / (1 − 1/α)`` (``log`` for ``α = 1``), whose stationarity
-      condition it is, with a fixed iteration count (see
-      :mod:`lightning_mtl.strategies._bargaining`); Nash-MTL uses the same solver. A large
-      ``α`` makes the equation stiff (``w_i = (G w)_i^(−α)`` spreads the weights over many
-      orders of magnitude): cold starts of ill-conditioned problems with 64 objectives need up
-      to 20 iterations for ``α = 5``, hence the default of 30; raise ``iterations`` for
-      ``α ≥ 10``.
+    * The authors solve the equation with ``scipy.optimize.least_squares`` from ``w = 1/T`` on the
+      host. We solve it (on the host, or the device) by Newton's method on the strictly convex
+      potential ``½ wᵀ G w − Σ_i w_i^(1−1/α) / (1 − 1/α)`` (``log`` for ``α = 1``), whose
+      stationarity condition it is, with a fixed iteration count (see
+      :mod:`lightning_mtl.strategies._bargaining`); Nash-MTL uses the same solver. A large ``α``
+      makes the equation stiff (``w_i = (G w)_i^(−α)`` spreads the weights over many orders of
+      magnitude): cold starts of ill-conditioned problems with 64 objectives need up to 20
+      iterations for ``α = 5``, hence the default of 30; raise ``iterations`` for ``α ≥ 10``.
     * The clipping applies to the update of the balanced scope, the authors' setting when the
       scope is the shared parameters. ``max_norm=None`` disables it.
     * When no positive solution is found to relative residual ``tol`` (at or near a
@@ -51,6 +50,9 @@ class FairGrad(GramianWeighting):
         max_norm: clip the update to this norm; ``None`` for no clipping.
         iterations: Newton iterations per step.
         tol: the largest relative residual ``max_i |w_i^(1/α) (G w)_i − 1|`` accepted.
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -68,6 +70,7 @@ class FairGrad(GramianWeighting):
         max_norm: float | None = 1.0,
         iterations: int = 30,
         tol: float = 1e-6,
+        solve_on: SolveOn = "host",
     ) -> None:
         if not (math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a positive number; got {alpha}.")
@@ -81,12 +84,13 @@ class FairGrad(GramianWeighting):
         self.max_norm = None if max_norm is None else float(max_norm)
         self.iterations = iterations
         self.tol = float(tol)
+        self.solve_on = checked_solve_on(solve_on)
 
     @override
     def weights(self, batch: GramianBatch) -> Tensor:
         gramian = batch.gramian
-        solution, solved = solve_bargaining(
-            gramian, 1.0 / self.alpha, iterations=self.iterations, tol=self.tol
+        solution, solved = bargain(
+            gramian, 1.0 / self.alpha, None, self.iterations, self.tol, self.solve_on
         )
         count = solution.shape[0]
         fallback = torch.full_like(solution, 1.0 / count)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from lightning_mtl.strategies._gramian_tools import (
+    SolveOn,
+    checked_solve_on,
     finite_or,
     row_norms,
     significant,
     symmetric_eigh,
 )
 from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
+from lightning_mtl.strategies.host_solvers import imtl_g_weights, solve_on_host
 
 # Below this fraction of Σ|v_t| the sum Σ v_t is cancellation noise.
 _DEGENERATE_SUM = 1e-8
@@ -34,7 +39,8 @@ class IMTLG(GramianWeighting):
     take ``α ∝ G⁺ n`` with the pseudo-inverse, which is defined for linearly dependent gradients
     (duplicated, zero) where ``D Uᵀ`` is singular. The pseudo-inverse drops the eigen-directions
     of ``G`` below its rank tolerance ``T · eps(dtype) · λ_max`` (see :func:`significant`) and
-    comes from a Jacobi eigendecomposition, which needs no host synchronisation.
+    comes from LAPACK's ``eigh`` on the host by default, or from a Jacobi eigendecomposition on the
+    device, which needs no host synchronisation.
 
     The paper normalises ``Σ α_t = 1``. When ``Σ_t (G⁺n)_t < 0`` (possible from three objectives
     on) that makes the common projection ``k`` negative, an update that increases every
@@ -49,6 +55,11 @@ class IMTLG(GramianWeighting):
 
     IMTL-G has no hyper-parameters.
 
+    Args:
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
+
     Example::
 
         >>> import torch
@@ -56,8 +67,16 @@ class IMTLG(GramianWeighting):
         tensor([0.6667, 0.6667])
     """
 
+    def __init__(self, solve_on: SolveOn = "host") -> None:
+        self.solve_on = checked_solve_on(solve_on)
+
     @override
     def weights(self, batch: GramianBatch) -> Tensor:
+        uniform = torch.full_like(batch.gramian[0], 1.0 / len(batch.gramian), dtype=torch.float64)
+        if self.solve_on == "host":
+            eps = torch.finfo(batch.gramian.dtype).eps
+            weights = solve_on_host(functools.partial(imtl_g_weights, eps=eps), batch.gramian)
+            return finite_or(weights, uniform).to(batch.gramian.dtype)
         gramian = batch.gramian.double()
         eigenvalues, eigenvectors = symmetric_eigh(gramian)
         kept = significant(eigenvalues, batch.gramian.dtype)
@@ -68,5 +87,4 @@ class IMTLG(GramianWeighting):
         missed = (gramian @ solution - norms).norm() > _OUT_OF_RANGE * norms.norm()
         degenerate = missed | (total.abs() <= _DEGENERATE_SUM * solution.abs().sum())
         weights = torch.where(degenerate, 0.0, solution / torch.where(degenerate, 1.0, total.abs()))
-        uniform = torch.full_like(weights, 1.0 / len(weights))
         return finite_or(weights, uniform).to(batch.gramian.dtype)

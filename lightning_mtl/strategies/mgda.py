@@ -8,8 +8,15 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies._gramian_tools import finite_or, row_norms, solvable
+from lightning_mtl.strategies._gramian_tools import (
+    SolveOn,
+    checked_solve_on,
+    finite_or,
+    row_norms,
+    solvable,
+)
 from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
+from lightning_mtl.strategies.host_solvers import simplex_qp, solve_on_host
 from lightning_mtl.strategies.solvers import solve_simplex_qp
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -27,8 +34,9 @@ class MGDA(GramianWeighting):
     Comptes Rendus Mathématique, 2012; Sener & Koltun, "Multi-Task Learning as Multi-Objective
     Optimization", NeurIPS 2018. The update decreases every objective to first order, and
     vanishes exactly at Pareto-stationary points. Only inner products of the gradients enter, so
-    the strategy asks for the Gramian; the simplex QP is solved exactly by the shared active-set
-    solver, in float64, on the device.
+    the strategy asks for the Gramian; the simplex QP is solved exactly in float64, on the host by
+    default (:func:`~lightning_mtl.strategies.host_solvers.simplex_qp`, an NNLS problem) or on the
+    device by the shared active-set solver.
 
     ``normalization`` is the optional gradient normalisation of Sener & Koltun's code ("not
     included in the paper"): the hull is taken over ``g_t / n_t`` with ``n_t`` equal to 1
@@ -44,6 +52,9 @@ class MGDA(GramianWeighting):
 
     Args:
         normalization: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -52,13 +63,14 @@ class MGDA(GramianWeighting):
         tensor([0.4000, 0.8000])
     """
 
-    def __init__(self, normalization: Normalization = "none") -> None:
+    def __init__(self, normalization: Normalization = "none", solve_on: SolveOn = "host") -> None:
         if normalization not in _NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {list(_NORMALIZATIONS)}; got {normalization!r}."
             )
         self.normalization = normalization
         self.reads_loss_values = normalization in ("loss", "loss+")
+        self.solve_on = checked_solve_on(solve_on)
 
     @override
     def weights(self, batch: GramianBatch) -> Tensor:
@@ -66,9 +78,12 @@ class MGDA(GramianWeighting):
         normalizers = self._normalizers(batch, gramian)
         if normalizers is not None:
             gramian = gramian / (normalizers[:, None] * normalizers[None, :])
+        uniform = torch.full_like(gramian[0], 1.0 / len(gramian))
+        if self.solve_on == "host":
+            weights = solve_on_host(simplex_qp, gramian)
+            return finite_or(weights, uniform).to(batch.gramian.dtype)
         gramian, finite = solvable(gramian)
         weights = solve_simplex_qp(gramian)
-        uniform = torch.full_like(weights, 1.0 / len(weights))
         return finite_or(weights, uniform, finite).to(batch.gramian.dtype)
 
     def _normalizers(self, batch: GramianBatch, gramian: Tensor) -> Tensor | None:

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies._bargaining import clipped_update_weights, solve_bargaining
-from lightning_mtl.strategies._gramian_tools import finite_or
+from lightning_mtl.strategies._bargaining import bargain, clipped_update_weights
+from lightning_mtl.strategies._gramian_tools import SolveOn, checked_solve_on, finite_or
 from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
 
 
@@ -31,12 +31,12 @@ class NashMTL(GramianWeighting):
     Choices made here:
 
     * The authors solve a sequence of convex programs (the concave-convex procedure, cvxpy with
-      ECOS). We solve the same equation on the device by Newton's method on the strictly convex
-      potential ``½ αᵀ G α − Σ log α_i`` (whose stationarity condition it is), damped as for
-      self-concordant functions, which converges from any start and quadratically near the
-      solution (see :mod:`lightning_mtl.strategies._bargaining`). ``optim_niter`` counts Newton
-      iterations; cold starts of our test problems (up to 64 objectives, Gramians with
-      condition numbers up to 1e16) need at most 5, a warm start fewer.
+      ECOS). We solve the same equation (on the host, or the device) by Newton's method on the
+      strictly convex potential ``½ αᵀ G α − Σ log α_i`` (whose stationarity condition it is),
+      damped as for self-concordant functions, which converges from any start and quadratically near
+      the solution (see :mod:`lightning_mtl.strategies._bargaining`). ``optim_niter`` counts Newton
+      iterations; cold starts of our test problems (up to 64 objectives, Gramians with condition
+      numbers up to 1e16) need at most 5, a warm start fewer.
     * The clipping applies to the update of the balanced scope, which is the authors' setting
       when the scope is the shared parameters. ``max_norm=None`` disables it.
     * Weights are re-solved when ``update_weights_every`` optimizer steps have passed since the
@@ -54,6 +54,9 @@ class NashMTL(GramianWeighting):
         update_weights_every: solve for new weights every this many optimizer steps.
         optim_niter: Newton iterations per solve.
         tol: the largest relative residual ``max_i |α_i (G α)_i − 1|`` accepted as a solution.
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -73,6 +76,7 @@ class NashMTL(GramianWeighting):
         update_weights_every: int = 1,
         optim_niter: int = 20,
         tol: float = 1e-6,
+        solve_on: SolveOn = "host",
     ) -> None:
         if max_norm is not None and not (math.isfinite(max_norm) and max_norm > 0):
             raise ValueError(f"max_norm must be a positive number or None; got {max_norm}.")
@@ -90,6 +94,7 @@ class NashMTL(GramianWeighting):
         self.update_weights_every = update_weights_every
         self.optim_niter = optim_niter
         self.tol = float(tol)
+        self.solve_on = checked_solve_on(solve_on)
         self.alpha: Tensor | None = None
         self.solved_at: int | None = None
 
@@ -99,8 +104,8 @@ class NashMTL(GramianWeighting):
         alpha = self._previous_alpha(gramian)
         step = batch.progress.step
         if alpha is None or self._due(step):
-            solution, solved = solve_bargaining(
-                gramian, 1.0, start=alpha, iterations=self.optim_niter, tol=self.tol
+            solution, solved = bargain(
+                gramian, 1.0, alpha, self.optim_niter, self.tol, self.solve_on
             )
             fallback = alpha if alpha is not None else torch.ones_like(solution)
             alpha = finite_or(solution, fallback, solved)

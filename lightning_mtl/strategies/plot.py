@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -10,9 +11,14 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_mtl.strategies._gramian_tools import Preference, finite_or, solvable
+from lightning_mtl.strategies._gramian_tools import Preference, SolveOn, finite_or, solvable
 from lightning_mtl.strategies.base import GramianBatch
-from lightning_mtl.strategies.cagrad import CAGrad, conflict_averse_multipliers
+from lightning_mtl.strategies.cagrad import (
+    CAGrad,
+    conflict_averse_multipliers,
+    host_conflict_averse_weights,
+)
+from lightning_mtl.strategies.host_solvers import solve_on_host
 from lightning_mtl.strategies.sharpness_aware import SharpnessAware
 
 
@@ -66,6 +72,9 @@ class PLOTCAGrad(CAGrad):
         prefix: the objectives' name prefix.
         rescale: CAGrad's rescaling (1: divide by ``1 + c²``, the authors' choice).
         scale: ``"mean"`` (the paper) or ``"sum"`` (the authors' code: ``K'`` times larger).
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -83,8 +92,9 @@ class PLOTCAGrad(CAGrad):
         prefix: str = "class_",
         rescale: Literal[0, 1, 2] = 1,
         scale: Literal["mean", "sum"] = "mean",
+        solve_on: SolveOn = "host",
     ) -> None:
-        super().__init__(c=c, rescale=rescale)
+        super().__init__(c=c, rescale=rescale, solve_on=solve_on)
         if scale not in ("mean", "sum"):
             raise ValueError(f"scale must be 'mean' or 'sum'; got {scale!r}.")
         self.scale = scale
@@ -114,16 +124,20 @@ class PLOTCAGrad(CAGrad):
 
     @override
     def weights(self, batch: GramianBatch) -> Tensor:
-        gramian, finite = solvable(batch.gramian.double())
-        size = gramian.shape[-1]
-        average = torch.full((size,), 1.0 / size, dtype=gramian.dtype, device=gramian.device)
+        size = batch.gramian.shape[-1]
         preference = self.preference.vector(batch.names, batch.gramian).double()
         preference = preference / preference.sum().clamp_min(torch.finfo(preference.dtype).tiny)
+        factor = (size if self.scale == "sum" else 1.0) / self.divisor
+        average = torch.full_like(preference, 1.0 / size)
+        if self.solve_on == "host":
+            solve = functools.partial(host_conflict_averse_weights, c=self.c, average=True)
+            weights = solve_on_host(solve, batch.gramian, columns=(preference,)) * factor
+            return finite_or(weights, average * factor).to(batch.gramian.dtype)
+        gramian, finite = solvable(batch.gramian.double())
         radius = self.c * (average @ gramian @ average).clamp_min(0.0).sqrt()
         # d = Jᵀ(b + λ) is the conflict-averse point of the ball of radius c‖g0‖ around g_b, so
         # Jᵀλ = c ‖g0‖ g_w / ‖g_w‖ with w the minimiser of eq. 5; the update moves g0 by it.
         multipliers = conflict_averse_multipliers(gramian, preference, radius)
-        factor = (size if self.scale == "sum" else 1.0) / self.divisor
         weights = (average + multipliers) * factor
         return finite_or(weights, average * factor, finite).to(batch.gramian.dtype)
 
@@ -177,6 +191,8 @@ class PLOT(SharpnessAware):
         keep_perturbation: fraction of ``ε`` left in the weights after the step, in ``[0, 1]``.
         rescale: CAGrad's rescaling (1: divide by ``1 + c²``, the authors' choice).
         scale: ``"mean"`` (the paper) or ``"sum"`` (the authors' code: ``K'`` times larger).
+        solve_on: where :class:`PLOTCAGrad` solves its problem (see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -201,9 +217,17 @@ class PLOT(SharpnessAware):
         keep_perturbation: float = 0.0,
         rescale: Literal[0, 1, 2] = 1,
         scale: Literal["mean", "sum"] = "mean",
+        solve_on: SolveOn = "host",
     ) -> None:
         super().__init__(
-            PLOTCAGrad(c=c, class_counts=class_counts, prefix=prefix, rescale=rescale, scale=scale),
+            PLOTCAGrad(
+                c=c,
+                class_counts=class_counts,
+                prefix=prefix,
+                rescale=rescale,
+                scale=scale,
+                solve_on=solve_on,
+            ),
             rho=rho,
             keep=keep_perturbation,
         )

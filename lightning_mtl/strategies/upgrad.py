@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from typing_extensions import override
@@ -12,10 +13,13 @@ from typing_extensions import override
 from lightning_mtl.strategies._gramian_tools import (
     Preference,
     PreferenceSpec,
+    SolveOn,
+    checked_solve_on,
     finite_or,
     solvable,
 )
 from lightning_mtl.strategies.base import GramianBatch, GramianWeighting
+from lightning_mtl.strategies.host_solvers import nonnegative_qp, solve_on_host
 from lightning_mtl.strategies.solvers import solve_nonnegative_qp
 
 
@@ -31,8 +35,9 @@ class UPGrad(GramianWeighting):
 
     The projection of ``Jᵀu`` is ``Jᵀv`` with ``v = argmin_{v ≥ u} vᵀGv`` (Proposition 1 of the
     paper); writing ``v = u + x`` makes it ``min_{x ≥ 0} ½ xᵀGx + (Gu)ᵀx``, and the ``T``
-    problems with ``u = p_t e_t`` are solved in one batched call of the shared active-set solver,
-    in float64, on the device. The weights are ``Σ_t v_t``.
+    problems with ``u = p_t e_t`` are solved exactly in float64, on the host by default
+    (:func:`~lightning_mtl.strategies.host_solvers.nonnegative_qp`) or on the device in one
+    batched call of the shared active-set solver. The weights are ``Σ_t v_t``.
 
     ``norm_eps`` and ``reg_eps`` are torchjd's: the Gramian is divided by its trace (zeroed when
     the trace is below ``norm_eps``, which leaves the weights at ``p``), then ``reg_eps · I`` is
@@ -49,6 +54,9 @@ class UPGrad(GramianWeighting):
             ``1/T`` each by default.
         norm_eps: trace below which the Gramian is treated as zero; ``≥ 0``.
         reg_eps: ridge added to the trace-normalised Gramian; ``≥ 0``.
+        solve_on: where the problem is solved, ``"host"`` (default: compiled float64 numerics
+            after one copy of the Gramian) or ``"device"`` (torch ops, no host read; see
+            :data:`~lightning_mtl.strategies.SolveOn`).
 
     Example::
 
@@ -58,7 +66,11 @@ class UPGrad(GramianWeighting):
     """
 
     def __init__(
-        self, pref_vector: PreferenceSpec = None, norm_eps: float = 0.0, reg_eps: float = 0.0
+        self,
+        pref_vector: PreferenceSpec = None,
+        norm_eps: float = 0.0,
+        reg_eps: float = 0.0,
+        solve_on: SolveOn = "host",
     ) -> None:
         for label, value in (("norm_eps", norm_eps), ("reg_eps", reg_eps)):
             if not (math.isfinite(value) and value >= 0):
@@ -66,6 +78,7 @@ class UPGrad(GramianWeighting):
         self.pref_vector = Preference(pref_vector, "UPGrad")
         self.norm_eps = float(norm_eps)
         self.reg_eps = float(reg_eps)
+        self.solve_on = checked_solve_on(solve_on)
 
     @override
     def setup(self, names: Sequence[str]) -> None:
@@ -73,8 +86,12 @@ class UPGrad(GramianWeighting):
 
     @override
     def weights(self, batch: GramianBatch) -> Tensor:
-        gramian, finite = solvable(self._conditioned(batch.gramian.double()))
         preference = self.pref_vector.vector(batch.names, batch.gramian).double()
+        if self.solve_on == "host":
+            conditioned = self._conditioned(batch.gramian.double())
+            weights = solve_on_host(_projections, conditioned, columns=(preference,))
+            return finite_or(weights, preference).to(batch.gramian.dtype)
+        gramian, finite = solvable(self._conditioned(batch.gramian.double()))
         size = len(preference)
         lifts = solve_nonnegative_qp(
             gramian.expand(size, size, size), preference[:, None] * gramian
@@ -91,3 +108,8 @@ class UPGrad(GramianWeighting):
         return normalized + self.reg_eps * torch.eye(
             len(gramian), dtype=gramian.dtype, device=gramian.device
         )
+
+
+def _projections(gramian: np.ndarray, preference: np.ndarray) -> np.ndarray:
+    """``p + Σ_t x_t`` with ``x_t = argmin_{x ≥ 0} ½ xᵀGx + (G p_t e_t)ᵀx``, on the host."""
+    return preference + nonnegative_qp(gramian, preference[:, None] * gramian).sum(0)
