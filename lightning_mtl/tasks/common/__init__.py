@@ -1,8 +1,10 @@
-"""What the domain slices share: the data-module base, seeded samplers, local dataset files,
-optimiser recipes and the small CNN of the embedded digits recipes."""
+"""What the domain slices share: the data-module base, seeded samplers, a resumable training
+loader, local dataset files, optimiser recipes and the small CNN of the embedded digits
+recipes."""
 
 from lightning_mtl.tasks.common.datamodule import SplitDataModule
 from lightning_mtl.tasks.common.digits import DigitsEncoder
+from lightning_mtl.tasks.common.loader import LoaderPosition, ResumableDataLoader
 from lightning_mtl.tasks.common.optim import sgd_with_cosine_decay, sgd_with_warmup_multistep
 from lightning_mtl.tasks.common.samplers import EpochSeededRandomSampler, EpochSeededSampler
 
@@ -10,6 +12,8 @@ __all__ = [
     "DigitsEncoder",
     "EpochSeededRandomSampler",
     "EpochSeededSampler",
+    "LoaderPosition",
+    "ResumableDataLoader",
     "SplitDataModule",
     "sgd_with_cosine_decay",
     "sgd_with_warmup_multistep",

@@ -15,7 +15,8 @@ class EpochSeededSampler(Sampler[int]):
     draws from a private CPU generator seeded with ``seed + e`` (:meth:`epoch_generator`), and
     Lightning calls :meth:`set_epoch` at the start of every training epoch (also on a sampler
     wrapped for distributed training), so a run resumed at an epoch boundary replays the
-    uninterrupted run's batches.
+    uninterrupted run's batches; :class:`~lightning_mtl.tasks.common.ResumableDataLoader` then
+    resumes inside an epoch by skipping the indices of the batches already trained on.
 
     Args:
         seed: Base seed.
