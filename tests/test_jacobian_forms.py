@@ -94,16 +94,13 @@ def test_auto_uses_the_fastest_form_and_says_so_once(
 ) -> None:
     # Timings are made up (the form ``fast`` takes 1 ms, the others 2 ms), so the choice does
     # not depend on the load of the machine running the tests; every form still runs.
-    seconds = {
-        function: 0.001 if form == fast else 0.002
-        for form, function in jacobian_module._FORM_FUNCTIONS.items()
-    }
+    def marked(
+        self: JacobianComputer, form: str, outputs: Tensor, inputs: list[Tensor], out: Tensor
+    ) -> tuple[float, float]:
+        jacobian_module._FORM_FUNCTIONS[form](outputs, inputs, out, self.chunk_size)
+        return 0.0, 0.001 if form == fast else 0.002
 
-    def timed(compute: Callable[..., None], *args: object) -> float:
-        compute(*args)
-        return seconds[compute]
-
-    monkeypatch.setattr(jacobian_module, "_timed", timed)
+    monkeypatch.setattr(JacobianComputer, "_marked", marked)
     messages: list[str] = []
     monkeypatch.setattr(jacobian_module, "rank_zero_info", messages.append)
     net = ConvNet()
@@ -114,6 +111,40 @@ def test_auto_uses_the_fastest_form_and_says_so_once(
     assert list(computer.choices.values()) == [fast]
     assert len(messages) == 1
     assert f"use the {fast!r} form" in messages[0]
+
+
+def test_auto_waits_for_unfinished_timings_without_measuring_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a device the timings are events, read only once the device has reached them: here the
+    # first two polls (two timed calls of the first form each) find them unfinished, as a busy
+    # GPU would.
+    reads: list[int] = []
+    seconds = jacobian_module._seconds
+
+    def unfinished_twice(start: float, stop: float) -> float | None:
+        reads.append(1)
+        return None if len(reads) <= 4 else seconds(start, stop)
+
+    monkeypatch.setattr(jacobian_module, "_seconds", unfinished_twice)
+    runs: list[str] = []
+    for form, function in dict(jacobian_module._FORM_FUNCTIONS).items():
+
+        def counted(*args: object, form: str = form, function=function) -> None:  # type: ignore[no-untyped-def]
+            runs.append(form)
+            function(*args)
+
+        monkeypatch.setitem(jacobian_module._FORM_FUNCTIONS, form, counted)
+    net = ConvNet()
+    expected = _reference(net)
+    objectives = net.objectives(*_data())
+    computer = JacobianComputer()
+    for call in range(5):
+        jacobian = computer(objectives, list(net.parameters()))
+        torch.testing.assert_close(jacobian.double(), expected, rtol=1e-5, atol=1e-6)
+        assert bool(computer.choices) == (call >= 4)
+    # Each form ran on the three measured calls only; the waiting calls used the loop.
+    assert sorted(runs) == sorted(["batched", "func", "loop"] * 3)
 
 
 class NoBatching(torch.autograd.Function):

@@ -46,8 +46,10 @@ class JacobianComputer:
     * ``"auto"``: for each problem (number of objectives, shapes of the inputs, device) the first
       call runs every form once (warm-up), the next two calls time each form on the same graph,
       and the fastest is used from then on; the choice is logged once (``rank_zero_info``) and
-      kept in :attr:`choices`. During those three calls the result is the loop's, and the
-      memory in use is that of the most demanding form. A form that fails is dropped.
+      kept in :attr:`choices`. On an accelerator the times are events in the stream, read once
+      the device has passed them (the host never waits for it), so the choice may come a call
+      or two later. Until it is made the result is the loop's, and during the three measured
+      calls the memory in use is that of the most demanding form. A form that fails is dropped.
 
     The batched forms hold ``chunk_size`` rows of gradients and of the backward pass's
     intermediates at once. Every form writes straight into one freshly allocated float32 matrix
@@ -139,20 +141,25 @@ class JacobianComputer:
     def _trial(
         self, key: _ProblemKey, outputs: Tensor, inputs: list[Tensor], jacobian: Tensor
     ) -> None:
-        timings = self._trials.setdefault(key, {form: [] for form in _FORMS})
-        for form in list(timings):
-            try:
-                timings[form].append(
-                    _timed(_FORM_FUNCTIONS[form], outputs, inputs, jacobian, self.chunk_size)
-                )
-            except (RuntimeError, NotImplementedError) as error:
-                if form == "loop":
-                    raise
-                del timings[form]
-                self._failures[form] = str(error).splitlines()[0][:200]
-        if len(timings["loop"]) < _WARMUP_CALLS + _TIMED_CALLS:
+        """One call of the measurement: every form on each of the first ``_WARMUP_CALLS +
+        _TIMED_CALLS`` calls, then the choice as soon as the timings can be read (a device's
+        events are read once it has reached them, never waited for; until then the loop)."""
+        trial = self._trials.setdefault(key, _Trial())
+        if trial.calls < _WARMUP_CALLS + _TIMED_CALLS:
+            trial.calls += 1
+            for form in list(trial.marks):
+                try:
+                    trial.marks[form].append(self._marked(form, outputs, inputs, jacobian))
+                except (RuntimeError, NotImplementedError) as error:
+                    if form == "loop":
+                        raise
+                    del trial.marks[form]
+                    self._failures[form] = str(error).splitlines()[0][:200]
+        else:
+            _loop(outputs, inputs, jacobian, self.chunk_size)
+        best = trial.best_seconds() if trial.calls == _WARMUP_CALLS + _TIMED_CALLS else None
+        if best is None:
             return
-        best = {form: min(times[_WARMUP_CALLS:]) for form, times in timings.items()}
         chosen = min(best, key=best.__getitem__)
         self.choices[key] = chosen
         del self._trials[key]
@@ -166,24 +173,52 @@ class JacobianComputer:
             f"(fastest of {measured}{failed})."
         )
 
-
-def _timed(
-    compute: Callable[[Tensor, list[Tensor], Tensor, int | None], None],
-    outputs: Tensor,
-    inputs: list[Tensor],
-    jacobian: Tensor,
-    chunk_size: int | None,
-) -> float:
-    _synchronize(outputs.device)
-    start = time.perf_counter()
-    compute(outputs, inputs, jacobian, chunk_size)
-    _synchronize(outputs.device)
-    return time.perf_counter() - start
+    def _marked(
+        self, form: str, outputs: Tensor, inputs: list[Tensor], jacobian: Tensor
+    ) -> tuple[_Mark, _Mark]:
+        start = _mark(outputs.device)
+        _FORM_FUNCTIONS[form](outputs, inputs, jacobian, self.chunk_size)
+        return start, _mark(outputs.device)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type != "cpu":
-        torch.accelerator.synchronize(device)
+_Mark = float | torch.Event
+
+
+def _mark(device: torch.device) -> _Mark:
+    """A point in time: the host's clock on the CPU, an event in the device's stream elsewhere
+    (recording it does not wait for the device)."""
+    if device.type == "cpu":
+        return time.perf_counter()
+    event = torch.Event(device, enable_timing=True)
+    event.record(torch.accelerator.current_stream(device))
+    return event
+
+
+def _seconds(start: _Mark, stop: _Mark) -> float | None:
+    """Time between two marks, or ``None`` while the device has not reached ``stop``."""
+    if isinstance(start, float) and isinstance(stop, float):
+        return stop - start
+    assert isinstance(start, torch.Event) and isinstance(stop, torch.Event)
+    return start.elapsed_time(stop) / 1e3 if stop.query() else None
+
+
+class _Trial:
+    """The timings of the forms on the calls measured so far for one problem."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.marks: dict[str, list[tuple[_Mark, _Mark]]] = {form: [] for form in _FORMS}
+
+    def best_seconds(self) -> dict[str, float] | None:
+        """Each form's fastest timed call (the warm-up calls left out), or ``None`` while a
+        device has not finished them."""
+        best = {}
+        for form, marks in self.marks.items():
+            seconds = [_seconds(start, stop) for start, stop in marks[_WARMUP_CALLS:]]
+            if None in seconds:
+                return None
+            best[form] = min(s for s in seconds if s is not None)
+        return best
 
 
 def _loop(outputs: Tensor, inputs: list[Tensor], jacobian: Tensor, chunk_size: int | None) -> None:
@@ -201,6 +236,13 @@ def _loop(outputs: Tensor, inputs: list[Tensor], jacobian: Tensor, chunk_size: i
         _write(jacobian[row : row + 1], grads, inputs)
 
 
+_ENTRYWISE_NODES = frozenset(
+    {"MulBackward0", "DivBackward0", "NegBackward0", "CloneBackward0", "ToCopyBackward0"}
+)
+"""Backward nodes of entry-wise operations, whose Jacobian is diagonal when one input and the
+output have the objectives' shape."""
+
+
 def _stacked_rows(outputs: Tensor) -> list[tuple[GradientEdge, Tensor] | None] | None:
     """Where each objective's own backward pass can start, if ``outputs`` is a ``torch.stack``
     of the objectives, possibly followed by entry-wise operations such as a loss scale.
@@ -209,31 +251,32 @@ def _stacked_rows(outputs: Tensor) -> list[tuple[GradientEdge, Tensor] | None] |
     objective a zero gradient and so runs all T objectives' graphs (the task heads) in each of
     the T passes. Starting at the objective's own input of the stack, with the gradient that
     reaches it, runs each head once. Returns, per row, that edge and gradient (``None`` for an
-    objective without a graph), or ``None`` where ``outputs`` has another form.
+    objective without a graph), or ``None`` where ``outputs`` has another form. Reads nothing
+    back from the device.
     """
     rows = outputs.shape[0]
-    seeds = list(torch.eye(rows, dtype=outputs.dtype, device=outputs.device))
+    # The operations between the stack and ``outputs`` are entry-wise, so the gradient that
+    # reaches the stack from a unit vector is that vector times their diagonal Jacobian, and
+    # the diagonal is what reaches it from a vector of ones.
+    scale = torch.ones(rows, dtype=outputs.dtype, device=outputs.device)
     node = outputs.grad_fn
-    changed = False
-    while node is not None and node.name() != "StackBackward0":
+    while node is not None and node.name() in _ENTRYWISE_NODES:
         live = [index for index, (child, _) in enumerate(node.next_functions) if child is not None]
         if len(live) != 1:
             return None
-        seeds = [_as_tuple(node(seed))[live[0]] for seed in seeds]
-        node, changed = node.next_functions[live[0]][0], True
-    if node is None or len(node.next_functions) != rows or node._saved_dim not in (0, -1):
+        scale = _as_tuple(node(scale))[live[0]]
+        if scale is None or scale.shape != (rows,):
+            return None
+        node = node.next_functions[live[0]][0]
+    if node is None or node.name() != "StackBackward0" or len(node.next_functions) != rows:
         return None
     if any(
         child is not None and child.name().endswith("AccumulateGrad")
         for child, _ in node.next_functions
     ):
         return None
-    gradients = torch.stack(seeds)
-    diagonal = gradients.diagonal()
-    if changed and bool((gradients != torch.diag(diagonal)).any()):
-        return None
     return [
-        None if child is None else (GradientEdge(child, index), diagonal[row])
+        None if child is None else (GradientEdge(child, index), scale[row])
         for row, (child, index) in enumerate(node.next_functions)
     ]
 
