@@ -1,11 +1,13 @@
-"""Time one training step and measure peak GPU memory of lightning_mtl against plain baselines.
+"""Time one training step and measure peak memory of lightning_mtl against plain baselines.
 
-A ResNet-18 trunk (512-d features) feeds T linear heads, each trained with cross-entropy on
-random labels. Every configuration trains a fresh model built with the same seed on a fixed set
-of random batches that stay on the device, so data loading is not measured. Each step is timed
-with CUDA events (``time.perf_counter`` with ``--device cpu``) after warm-up steps; the host is
-synchronised only once all steps have run. See ``benchmarks/README.md`` for what each
-configuration means.
+A trunk (``--model``: ResNet-18 by default, or a small CNN) feeds T linear heads, each trained
+with cross-entropy on random labels. Every configuration trains a fresh model built with the
+same seed on a fixed set of random batches that stay on the device, so data loading is not
+measured. Each step is timed with CUDA events after warm-up steps, the host synchronised only
+once all steps have run; on the CPU with ``time.perf_counter`` or the process's CPU time
+(``--clock``). Peak memory above the start of each configuration is read from the CUDA
+allocator, or on the CPU from the resident set of a fresh process per configuration. See
+``benchmarks/README.md`` for what each configuration means.
 
 Usage::
 
@@ -13,6 +15,9 @@ Usage::
     PYTHONPATH=. python benchmarks/step_overhead.py --precision 32-true --tasks 2 4 10
     PYTHONPATH=. python benchmarks/step_overhead.py --device cpu --batch-size 8 --image-size 32 \
         --steps 3 --warmup 1 --tasks 2 3 --precision 32-true --out /tmp/bench_smoke  # smoke test
+    PYTHONPATH=. python benchmarks/step_overhead.py --device cpu --model small_cnn \
+        --batch-size 32 --image-size 32 --tasks 2 10 40 --precision 32-true --threads 1 \
+        --clock cpu --configs plain separate_backwards jacobian --jacobian-forms auto loop
 
 Strategies of the catalogue, and torchjd's aggregators of the same name, are added with
 ``--strategies`` and ``--torchjd-aggregators``; ``Name:key=value,...`` passes constructor
@@ -39,7 +44,9 @@ import logging
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -76,8 +83,8 @@ CONFIGS = (
     "torchjd",
 )
 PRECISIONS = ("bf16-mixed", "32-true", "16-mixed")
+JACOBIAN_FORMS = ("auto", "loop", "batched", "func")
 NUM_CLASSES = 10
-FEATURES = 512
 LR = 0.01
 MOMENTUM = 0.9
 
@@ -94,14 +101,41 @@ _LIGHTNING_NOISE = (
 # --- model and data ------------------------------------------------------------------------------
 
 
-class MultiHeadNet(nn.Module):
-    """ResNet-18 trunk with its classifier removed, followed by ``tasks`` linear heads."""
+def small_cnn() -> nn.Sequential:
+    """Three 3x3 convolutions (32, 64, 128 channels), each with batch norm and ReLU, the first
+    two followed by 2x2 max pooling, then global average pooling: 128-d features, 93,696
+    trunk parameters. Small enough for steps at T = 40 on a 2-core CPU."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for index, width in enumerate((32, 64, 128)):
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        layers.append(nn.MaxPool2d(2) if index < 2 else nn.AdaptiveAvgPool2d(1))
+        channels = width
+    return nn.Sequential(*layers, nn.Flatten())
 
-    def __init__(self, tasks: int) -> None:
+
+def resnet18_trunk() -> nn.Module:
+    """torchvision's ResNet-18 with its classifier removed: 512-d features."""
+    trunk = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    trunk.fc = nn.Identity()
+    return trunk
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], int, str]] = {
+    "resnet18": (resnet18_trunk, 512, "ResNet-18 trunk"),
+    "small_cnn": (small_cnn, 128, "small CNN trunk (3 conv + batch norm)"),
+}
+"""Trunk builder, feature width and description of each ``--model``."""
+
+
+class MultiHeadNet(nn.Module):
+    """A trunk (see ``MODELS``) followed by ``tasks`` linear heads."""
+
+    def __init__(self, tasks: int, model: str = "resnet18") -> None:
         super().__init__()
-        self.trunk = torchvision.models.resnet18(num_classes=NUM_CLASSES)
-        self.trunk.fc = nn.Identity()
-        self.heads = nn.ModuleList(nn.Linear(FEATURES, NUM_CLASSES) for _ in range(tasks))
+        build_trunk, features, _ = MODELS[model]
+        self.trunk = build_trunk()
+        self.heads = nn.ModuleList(nn.Linear(features, NUM_CLASSES) for _ in range(tasks))
 
     def features_and_losses(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, list[Tensor]]:
         images, labels = batch
@@ -117,9 +151,9 @@ class MultiHeadNet(nn.Module):
         return {f"task{index}": loss for index, loss in enumerate(losses)}
 
 
-def build_net(tasks: int, seed: int, device: torch.device) -> MultiHeadNet:
+def build_net(tasks: int, model: str, seed: int, device: torch.device) -> MultiHeadNet:
     torch.manual_seed(seed)
-    return MultiHeadNet(tasks).to(device)
+    return MultiHeadNet(tasks, model).to(device)
 
 
 def make_batches(args: argparse.Namespace, tasks: int, device: torch.device) -> list[Any]:
@@ -175,7 +209,19 @@ class MixinModule(MultiObjectiveMixin, pl.LightningModule):
     def __init__(self, net: MultiHeadNet, strategy: GradientBalancingStrategy, **balancing: Any):
         super().__init__()
         self.net = net
+        form = balancing.pop("jacobian_form", None)
+        if (
+            form is not None
+            and "jacobian_form" in inspect.signature(self.configure_balancing).parameters
+        ):
+            balancing["jacobian_form"], form = form, None
         self.configure_balancing(strategy, **balancing)
+        if form is not None:
+            # The mixin does not take the form yet: give its engine a computer that uses it.
+            from lightning_mtl.engine import JacobianComputer
+
+            chunk_size = self.gradient_engine.jacobians.chunk_size
+            self.gradient_engine.jacobians = JacobianComputer(chunk_size, form=form)
 
     def compute_objectives(self, batch: Any, batch_idx: int) -> dict[str, Tensor] | Objectives:
         if self.balancing_scope != "representation":
@@ -319,22 +365,94 @@ def libmtl_backward(
 # --- timing --------------------------------------------------------------------------------------
 
 
-class StepTimer:
-    """Start/stop marks around each step: CUDA events on a GPU, ``perf_counter`` on the CPU."""
+class MemoryProbe:
+    """Peak memory of one configuration above what was in use when it started (model, data and
+    optimizer state it creates included), over the whole run and over the measured steps only.
+
+    CUDA: the caching allocator's ``max_memory_allocated``. CPU: the peak resident set of the
+    process (``VmHWM`` in ``/proc/self/status``, reset by writing 5 to ``/proc/self/clear_refs``;
+    Linux only), which is why each CPU configuration runs in a fresh process.
+    """
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.cuda = device.type == "cuda"
+        self.available = self.cuda or Path("/proc/self/clear_refs").exists()
+        self.baseline = 0.0
+        self.warmup_peak = 0.0
+
+    def _status_mib(self, field_name: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1]) / 2**10
+        raise RuntimeError(f"/proc/self/status has no {field_name}")
+
+    def _current(self) -> float:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return self._status_mib("VmRSS")
+
+    def _peak(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return self._status_mib("VmHWM")
+
+    def _reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def start(self) -> None:
+        """Before the configuration builds anything."""
+        if not self.available:
+            return
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+        self._reset_peak()
+        self.baseline = self.warmup_peak = self._current()
+
+    def measured_steps_start(self) -> None:
+        """At the start of the first measured step (after the warm-up steps)."""
+        if self.available:
+            self.warmup_peak = self._peak()
+            self._reset_peak()
+
+    def peaks_mib(self) -> tuple[float | None, float | None]:
+        """Peak above the start over the whole run, and over the measured steps."""
+        if not self.available:
+            return None, None
+        measured = self._peak()
+        return max(self.warmup_peak, measured) - self.baseline, measured - self.baseline
+
+
+class StepTimer:
+    """Start/stop marks around each step: CUDA events on a GPU; on the CPU ``perf_counter``
+    (``clock="wall"``) or the process's CPU time (``clock="cpu"``, ``process_time``: on a shared
+    machine it leaves out the time other processes hold the cores). The memory probe is told
+    when the first measured step (after ``warmup``) starts."""
+
+    def __init__(
+        self, device: torch.device, warmup: int, probe: MemoryProbe, clock: str = "wall"
+    ) -> None:
+        self.cuda = device.type == "cuda"
+        self.host_clock = time.process_time if clock == "cpu" else time.perf_counter
+        self.warmup = warmup
+        self.probe = probe
         self.starts: list[Any] = []
         self.stops: list[Any] = []
 
     def _mark(self) -> Any:
         if not self.cuda:
-            return time.perf_counter()
+            return self.host_clock()
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return event
 
     def start(self) -> None:
+        if len(self.starts) == self.warmup:
+            self.probe.measured_steps_start()
         self.starts.append(self._mark())
 
     def stop(self) -> None:
@@ -392,7 +510,9 @@ class Result:
     iqr_ms: float | None = None
     window_ms_per_step: float | None = None
     ratio_to_plain: float | None = None
+    ratio_to_separate: float | None = None
     peak_memory_mib: float | None = None
+    measured_peak_memory_mib: float | None = None
     resident_before_mib: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -403,8 +523,9 @@ def run_lightning(
     batches: list[Any],
     args: argparse.Namespace,
     device: torch.device,
+    probe: MemoryProbe,
 ) -> tuple[list[float], float]:
-    timer = StepTimer(device)
+    timer = StepTimer(device, args.warmup, probe, args.clock)
     total = args.warmup + args.steps
     trainer = pl.Trainer(
         max_steps=total,
@@ -440,12 +561,13 @@ def run_loop(
     args: argparse.Namespace,
     device: torch.device,
     precision: str,
+    probe: MemoryProbe,
 ) -> tuple[list[float], float]:
     """A plain PyTorch training loop; ``backward(features, losses, scaler)`` fills ``.grad``."""
     net.train()
     optimizer = make_optimizer(net.parameters())
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
-    timer = StepTimer(device)
+    timer = StepTimer(device, args.warmup, probe, args.clock)
     for step in range(args.warmup + args.steps):
         batch = batches[step % len(batches)]
         timer.start()
@@ -551,6 +673,7 @@ def run_config(
     device: torch.device,
     jd: TorchJD | None,
     jd_reason: str,
+    probe: MemoryProbe,
 ) -> Result:
     is_torchjd = config == "torchjd" or config.startswith("torchjd:")
     precision = "32-true" if is_torchjd or config.startswith("libmtl:") else args.precision
@@ -558,9 +681,11 @@ def run_config(
     if is_torchjd and jd is None:
         result.status, result.reason = "skipped", jd_reason
         return result
-    net = build_net(tasks, args.seed, device)
+    net = build_net(tasks, args.model, args.seed, device)
     module: pl.LightningModule | None = None
     callbacks: list[pl.Callback] = []
+    mixin_config, _, form = config.partition("@")
+    balancing: dict[str, Any] = {"jacobian_form": form} if form else {}
     if config == "plain":
         module = PlainModule(net)
     elif config == "mixin_ls":
@@ -569,28 +694,32 @@ def run_config(
         module = MixinModule(net, PGI(alpha=0.35), groups=pgi_groups(tasks))
         if config == "pgi_angles":
             callbacks.append(GradientAngleLogger(every_n_steps=1, heatmap=False))
-    elif config == "jacobian":
-        module = MixinModule(net, MeanOfJacobianRows(), scope="shared")
-    elif config.startswith("strategy:"):
-        strategy = catalogue_strategy(config.removeprefix("strategy:"))
-        module = MixinModule(net, strategy, scope=args.strategy_scope)
+    elif mixin_config == "jacobian":
+        module = MixinModule(net, MeanOfJacobianRows(), scope="shared", **balancing)
+    elif mixin_config.startswith("strategy:"):
+        strategy = catalogue_strategy(mixin_config.removeprefix("strategy:"))
+        module = MixinModule(net, strategy, scope=args.strategy_scope, **balancing)
     if module is not None:
-        steps, window = run_lightning(module, callbacks, batches, args, device)
+        steps, window = run_lightning(module, callbacks, batches, args, device, probe)
         engine = getattr(module, "gradient_engine", None)
-        if engine is not None and not engine.jacobians.batched:
+        forms = sorted(set(getattr(engine.jacobians, "choices", {}).values())) if engine else []
+        if forms:
+            result.notes.append(f"per-objective gradients in the {'/'.join(forms)} form")
+        elif engine is not None and getattr(engine.jacobians, "batched", True) is False:
             result.notes.append("per-objective gradients fell back to one backward per objective")
     elif config == "separate_backwards":
-        steps, window = run_loop(net, separate_backwards(net), batches, args, device, precision)
+        backward = separate_backwards(net)
+        steps, window = run_loop(net, backward, batches, args, device, precision, probe)
     elif config.startswith("libmtl:"):
         backward = libmtl_backward(net, config.removeprefix("libmtl:"), device)
-        steps, window = run_loop(net, backward, batches, args, device, precision)
+        steps, window = run_loop(net, backward, batches, args, device, precision, probe)
         result.notes.append("LibMTL weighting in a plain loop; always fp32")
     elif is_torchjd:
         assert jd is not None
         spec = config.partition(":")[2]
         aggregator = torchjd_aggregator(spec, tasks) if spec else jd.mean()
         backward = torchjd_backward(net, jd, aggregator)
-        steps, window = run_loop(net, backward, batches, args, device, precision)
+        steps, window = run_loop(net, backward, batches, args, device, precision, probe)
         result.notes.append(f"torchjd {jd.version}: {jd.api}; always fp32")
     else:
         raise ValueError(f"unknown configuration {config!r}")
@@ -613,19 +742,15 @@ def measure(
     jd_reason: str,
 ) -> Result:
     """Run one configuration from a clean memory state; failures become a result, not a crash."""
-    gc.collect()
-    resident = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        resident = torch.cuda.memory_allocated(device) / 2**20
+    probe = MemoryProbe(device)
+    probe.start()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for pattern in _LIGHTNING_NOISE:
             warnings.filterwarnings("ignore", message=pattern)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         try:
-            result = run_config(config, tasks, batches, args, device, jd, jd_reason)
+            result = run_config(config, tasks, batches, args, device, jd, jd_reason, probe)
         except Exception as error:  # a failing configuration must not hide the others
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 reason = "out of GPU memory"
@@ -636,11 +761,31 @@ def measure(
             result = Result(config, tasks, precision, status="failed", reason=reason)
     for message in dict.fromkeys(str(w.message).splitlines()[0][:200] for w in caught):
         result.notes.append(f"warning: {message}")
-    if device.type == "cuda" and result.status == "ok":
-        result.peak_memory_mib = torch.cuda.max_memory_allocated(device) / 2**20
-        result.resident_before_mib = resident
+    if result.status == "ok" and probe.available:
+        result.peak_memory_mib, result.measured_peak_memory_mib = probe.peaks_mib()
+        result.resident_before_mib = probe.baseline
     gc.collect()
     return result
+
+
+def measure_in_fresh_process(config: str, tasks: int, argv: list[str]) -> Result:
+    """:func:`measure` in a new Python process running this script with ``--child``, so that
+    the CPU's peak resident set is this configuration's alone."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "result.json"
+        command = [sys.executable, __file__, *argv, "--child", config, str(tasks)]
+        completed = subprocess.run(
+            [*command, "--child-out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if completed.returncode == 0 and out.exists():
+            return Result(**json.loads(out.read_text()))
+    lines = completed.stderr.strip().splitlines() or [f"exit status {completed.returncode}"]
+    reason = f"the child process failed: {lines[-1][:300]}"
+    return Result(config, tasks, "-", status="failed", reason=reason)
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -667,7 +812,11 @@ def header(args: argparse.Namespace, device: torch.device, jd: TorchJD | None) -
         "python": platform.python_version(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
-        "settings": {key: value for key, value in vars(args).items() if key not in ("out",)},
+        "settings": {
+            key: value
+            for key, value in vars(args).items()
+            if key not in ("out", "child", "child_out")
+        },
     }
 
 
@@ -675,57 +824,66 @@ def _number(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def table(results: list[Result], cuda: bool) -> str:
+def table(results: list[Result]) -> str:
     columns = ["configuration", "T", "precision", "median ms", "IQR ms", "ratio to plain"]
-    columns += ["window ms/step"] + (["peak MiB"] if cuda else [])
+    columns += ["ratio to separate", "window ms/step", "peak MiB", "measured-steps peak MiB"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for result in results:
         if result.status != "ok":
             cells = [result.config, str(result.tasks), result.precision]
             cells += [f"{result.status}: {result.reason}"] + ["-"] * (len(columns) - 4)
         else:
-            ratio = _number(result.ratio_to_plain)
             cells = [
                 result.config,
                 str(result.tasks),
                 result.precision,
                 _number(result.median_ms),
                 _number(result.iqr_ms),
-                ratio,
+                _number(result.ratio_to_plain),
+                _number(result.ratio_to_separate),
                 _number(result.window_ms_per_step),
+                _number(result.peak_memory_mib, 0),
+                _number(result.measured_peak_memory_mib, 0),
             ]
-            if cuda:
-                cells.append(_number(result.peak_memory_mib, 0))
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines)
 
 
 def markdown(info: dict[str, Any], results: list[Result], cuda: bool) -> str:
     settings = info["settings"]
+    threads = f"{settings['threads'] or torch.get_num_threads()} CPU threads"
+    if not cuda:
+        threads += ", steps timed by " + (
+            "the process's CPU time" if settings["clock"] == "cpu" else "the wall clock"
+        )
     lines = [
         "# lightning_mtl step overhead",
         "",
-        f"- device: {info['device']} ({info['device_type']})",
+        f"- device: {info['device']} ({info['device_type']}; {threads})",
         f"- torch {info['torch']}, lightning {info['lightning']}, "
         f"torchvision {info['torchvision']}, torchjd {info['torchjd'] or 'not installed'}, "
         f"CUDA {info['cuda']}, Python {info['python']}",
         f"- date: {info['date']}",
         f"- command: `{info['command']}`",
-        f"- ResNet-18 trunk, {settings['batch_size']} images of 3x{settings['image_size']}x"
-        f"{settings['image_size']}, {settings['warmup']} warm-up + {settings['steps']} measured "
-        "steps; median and interquartile range of the per-step times",
+        f"- {MODELS[settings['model']][2]}, {settings['batch_size']} images of "
+        f"3x{settings['image_size']}x{settings['image_size']}, {settings['warmup']} warm-up + "
+        f"{settings['steps']} measured steps; median and interquartile range of the per-step times",
         "",
-        table(results, cuda),
+        table(results),
         "",
-        "Ratio: median over the median of `plain` at the same T (and the run's precision, also "
-        "for `torchjd`, which always runs in fp32). Window ms/step: the whole measured window "
-        "over the number of steps, which also counts the time between steps.",
+        "Ratios: median over the median of `plain` (of `separate_backwards`) at the same T and the "
+        "run's precision, also for `torchjd`, which always runs in fp32. Window ms/step: the "
+        "whole measured window over the number of steps, which also counts the time between "
+        "steps. A suffix `@form` is the form of per-objective gradients the engine was given.",
+        "Peak MiB: the most memory in use during the configuration (warm-up included) above what "
+        "was in use when it started; measured-steps peak: the same over the measured steps only. "
+        + (
+            "Memory: torch.cuda.max_memory_allocated."
+            if cuda
+            else "Memory: the peak resident set of a fresh process per configuration (VmHWM, "
+            "reset through /proc/self/clear_refs), above its resident set after imports and data."
+        ),
     ]
-    if cuda:
-        lines.append(
-            "Peak MiB: torch.cuda.max_memory_allocated during the configuration, including the "
-            "resident random batches."
-        )
     notes = [
         f"- {result.config} (T={result.tasks}): {note}"
         for result in results
@@ -773,14 +931,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="LibMTL weightings to add, Name or Name:key=value,... (e.g. PCGrad CAGrad)",
     )
+    parser.add_argument(
+        "--jacobian-forms",
+        nargs="+",
+        choices=JACOBIAN_FORMS,
+        default=[],
+        help="run `jacobian` and --strategies once per form of per-objective gradients "
+        "(configuration@form); default: the engine's default only",
+    )
+    parser.add_argument("--model", choices=tuple(MODELS), default="resnet18")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="CPU device: time steps by the wall clock or by the process's CPU time",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmark_results"))
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "T"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.num_batches < 1:
         parser.error("--steps and --num-batches must be positive, --warmup not negative.")
     if min(args.tasks) < 2:
         parser.error("every T must be at least 2 (PGI needs two objectives).")
+    if args.device == "cuda" and args.clock != "wall":
+        parser.error("--clock cpu times CPU runs; CUDA steps are timed with CUDA events.")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device is available; use --device cpu for a smoke test.")
     args.configs = [config for config in CONFIGS if config in args.configs]
@@ -790,18 +968,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except (ValueError, TypeError) as error:
             parser.error(f"--strategies {spec}: {error}")
     args.configs += [f"strategy:{spec}" for spec in args.strategies]
+    if args.jacobian_forms:
+        args.configs = [
+            variant
+            for config in args.configs
+            for variant in (
+                [f"{config}@{form}" for form in args.jacobian_forms]
+                if config == "jacobian" or config.startswith("strategy:")
+                else [config]
+            )
+        ]
     args.configs += [f"torchjd:{spec}" for spec in args.torchjd_aggregators]
     args.configs += [f"libmtl:{spec}" for spec in args.libmtl_weightings]
     return args
 
 
+def run_child(args: argparse.Namespace, device: torch.device) -> int:
+    """``--child CONFIG T``: measure one configuration, write its result as JSON."""
+    config, tasks = args.child[0], int(args.child[1])
+    batches = make_batches(args, tasks, device)
+    wants_torchjd = config.startswith("torchjd")
+    jd, jd_reason = load_torchjd() if wants_torchjd else (None, "not requested")
+    result = measure(config, tasks, batches, args, device, jd, jd_reason)
+    args.child_out.write_text(json.dumps(asdict(result)))
+    return 0
+
+
+def with_ratios(results: list[Result]) -> None:
+    """Fill each result's ratios to ``plain`` and ``separate_backwards`` at the same T."""
+    references = {
+        (result.config, result.tasks): result.median_ms
+        for result in results
+        if result.status == "ok" and result.config in ("plain", "separate_backwards")
+    }
+    for result in results:
+        if result.median_ms is None:
+            continue
+        plain = references.get(("plain", result.tasks))
+        separate = references.get(("separate_backwards", result.tasks))
+        result.ratio_to_plain = result.median_ms / plain if plain else None
+        result.ratio_to_separate = result.median_ms / separate if separate else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if args.child is not None:
+        return run_child(args, device)
     wants_torchjd = any(config.startswith("torchjd") for config in args.configs)
     jd, jd_reason = load_torchjd() if wants_torchjd else (None, "not requested")
     if wants_torchjd and jd is None:
@@ -809,24 +1029,23 @@ def main(argv: list[str] | None = None) -> int:
     info = header(args, device, jd)
     results: list[Result] = []
     for tasks in args.tasks:
-        batches = make_batches(args, tasks, device)
-        plain: Result | None = None
+        batches = make_batches(args, tasks, device) if device.type == "cuda" else []
         for config in args.configs:
-            result = measure(config, tasks, batches, args, device, jd, jd_reason)
-            if config == "plain" and result.status == "ok":
-                plain = result
-            if plain is not None and plain.median_ms and result.median_ms is not None:
-                result.ratio_to_plain = result.median_ms / plain.median_ms
+            if device.type == "cuda":
+                result = measure(config, tasks, batches, args, device, jd, jd_reason)
+            else:
+                result = measure_in_fresh_process(config, tasks, argv)
             summary = (
-                f"median {result.median_ms:.2f} ms, IQR {result.iqr_ms:.2f} ms"
+                f"median {result.median_ms:.2f} ms, IQR {result.iqr_ms:.2f} ms, "
+                f"peak {_number(result.peak_memory_mib, 0)} MiB"
                 if result.status == "ok"
                 else f"{result.status}: {result.reason}"
             )
             print(f"T={tasks} {config}: {summary}", file=sys.stderr, flush=True)
             results.append(result)
         del batches
-    cuda = device.type == "cuda"
-    report = markdown(info, results, cuda)
+    with_ratios(results)
+    report = markdown(info, results, device.type == "cuda")
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"step_overhead_{device.type}_{args.precision}"

@@ -41,38 +41,16 @@ def test_jacobian_rows_are_per_objective_gradients(chunk_size: int | None) -> No
     torch.testing.assert_close(jacobian, expected)
 
 
-def test_jacobian_loop_fallback_matches_batched() -> None:
+def test_jacobian_forms_agree_and_unreached_heads_give_zeros() -> None:
     net = TwoHeadNet()
     _, objectives = _objectives(net)
     params = list(net.parameters())
-    batched = JacobianComputer()(torch.stack(objectives), params)
-    looped_computer = JacobianComputer()
-    looped_computer.batched = False
-    torch.testing.assert_close(looped_computer(torch.stack(objectives), params), batched)
+    batched = JacobianComputer(form="batched")(torch.stack(objectives), params)
+    looped = JacobianComputer(form="loop")(torch.stack(objectives), params)
+    torch.testing.assert_close(looped, batched)
     # A head the objective does not reach contributes a zero block.
     rep_head = net.rep_head.weight.numel() + net.rep_head.bias.numel()
     assert torch.all(batched[0, -rep_head:] == 0)
-
-
-def test_jacobian_falls_back_when_an_operator_cannot_be_batched() -> None:
-    class NoBatching(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):  # type: ignore[no-untyped-def]
-            return x * 2
-
-        @staticmethod
-        def backward(ctx, grad):  # type: ignore[no-untyped-def]
-            grad.numpy()  # fails on the batched tensors of vmap, works on plain ones
-            return grad * 2
-
-    w = torch.tensor([1.0, -2.0], requires_grad=True)
-    doubled = NoBatching.apply(w)
-    outputs = torch.stack([doubled.sum(), (doubled**2).sum()])
-    computer = JacobianComputer()
-    with pytest.warns(RuntimeWarning, match="fall back"):
-        jacobian = computer(outputs, [w])
-    assert not computer.batched
-    torch.testing.assert_close(jacobian, torch.tensor([[2.0, 2.0], [8.0, -16.0]]))
 
 
 def test_jacobian_rejects_bad_arguments() -> None:
