@@ -209,19 +209,7 @@ class MixinModule(MultiObjectiveMixin, pl.LightningModule):
     def __init__(self, net: MultiHeadNet, strategy: GradientBalancingStrategy, **balancing: Any):
         super().__init__()
         self.net = net
-        form = balancing.pop("jacobian_form", None)
-        if (
-            form is not None
-            and "jacobian_form" in inspect.signature(self.configure_balancing).parameters
-        ):
-            balancing["jacobian_form"], form = form, None
         self.configure_balancing(strategy, **balancing)
-        if form is not None:
-            # The mixin does not take the form yet: give its engine a computer that uses it.
-            from lightning_mtl.engine import JacobianComputer
-
-            chunk_size = self.gradient_engine.jacobians.chunk_size
-            self.gradient_engine.jacobians = JacobianComputer(chunk_size, form=form)
 
     def compute_objectives(self, batch: Any, batch_idx: int) -> dict[str, Tensor] | Objectives:
         if self.balancing_scope != "representation":

@@ -19,6 +19,7 @@ from lightning_mtl.engine.balance import (
     Scope,
     check_accumulation,
 )
+from lightning_mtl.engine.jacobian import JacobianForm
 from lightning_mtl.engine.observers import GradientObserver
 from lightning_mtl.engine.scope import (
     outline,
@@ -128,6 +129,7 @@ class MultiObjectiveMixin:
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Literal["norm", "value"] = "norm",
         jacobian_chunk_size: int | None = None,
+        jacobian_form: JacobianForm = "auto",
         accumulate_grad_batches: int = 1,
         lr_scheduler_monitor: str | None = None,
     ) -> None:
@@ -165,6 +167,10 @@ class MultiObjectiveMixin:
             gradient_clip_algorithm: ``"norm"`` or ``"value"``.
             jacobian_chunk_size: objectives per batched backward pass when per-objective
                 gradients are computed; lower it to save memory.
+            jacobian_form: how per-objective gradients are computed: ``"auto"`` (one backward
+                pass per objective on the CPU, the fastest form measured on the first steps on
+                an accelerator, logged), ``"measure"``, ``"loop"``, ``"batched"`` or ``"func"``
+                (see :class:`~lightning_mtl.engine.JacobianComputer`).
             accumulate_grad_batches: micro-batches per optimizer step (Lightning's own
                 ``Trainer(accumulate_grad_batches=...)`` is not available under manual
                 optimisation). The ``k`` micro-batches make one balancing decision and one
@@ -225,7 +231,9 @@ class MultiObjectiveMixin:
                 strategy,
                 Scope(representation=torch.empty(0)) if scope == "representation" else Scope(),
             )
-        self.gradient_engine = GradientEngine(jacobian_chunk_size, accumulate_grad_batches)
+        self.gradient_engine = GradientEngine(
+            jacobian_chunk_size, accumulate_grad_batches, jacobian_form
+        )
         self.lr_scheduler_monitor = lr_scheduler_monitor
         self.objective_gradients: dict[str, ObjectiveGradients] = {}
         self._scope_cache: dict[tuple[str, ...], tuple[list[nn.Parameter], list[nn.Parameter]]] = {}

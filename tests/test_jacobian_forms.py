@@ -63,7 +63,7 @@ def _reference(net: ConvNet) -> Tensor:
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("form", ["loop", "batched", "func", "auto"])
+@pytest.mark.parametrize("form", ["loop", "batched", "func", "auto", "measure"])
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_every_form_gives_the_float64_jacobian(form: str, chunk_size: int | None) -> None:
     net = ConvNet()
@@ -105,7 +105,7 @@ def test_auto_uses_the_fastest_form_and_says_so_once(
     monkeypatch.setattr(jacobian_module, "rank_zero_info", messages.append)
     net = ConvNet()
     objectives = net.objectives(*_data())
-    computer = JacobianComputer()
+    computer = JacobianComputer(form="measure")
     for _ in range(5):
         computer(objectives, list(net.parameters()))
     assert list(computer.choices.values()) == [fast]
@@ -138,7 +138,7 @@ def test_auto_waits_for_unfinished_timings_without_measuring_again(
     net = ConvNet()
     expected = _reference(net)
     objectives = net.objectives(*_data())
-    computer = JacobianComputer()
+    computer = JacobianComputer(form="measure")
     for call in range(5):
         jacobian = computer(objectives, list(net.parameters()))
         torch.testing.assert_close(jacobian.double(), expected, rtol=1e-5, atol=1e-6)
@@ -184,7 +184,7 @@ def test_auto_drops_the_forms_that_fail_and_names_them(monkeypatch: pytest.Monke
     messages: list[str] = []
     monkeypatch.setattr(jacobian_module, "rank_zero_info", messages.append)
     w, outputs, expected = _unbatchable()
-    computer = JacobianComputer()
+    computer = JacobianComputer(form="measure")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(4):
@@ -271,7 +271,7 @@ def test_the_loop_gives_zero_rows_to_objectives_without_a_graph() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("form", ["loop", "batched", "func", "auto"])
+@pytest.mark.parametrize("form", ["loop", "batched", "func", "auto", "measure"])
 def test_every_form_gives_the_jacobian_on_a_gpu(form: str) -> None:
     # The backward pass runs on autograd's device thread there; the loss scale of 16-mixed
     # multiplies the stacked objectives. Convolutions may use TF32, hence the tolerance.
@@ -284,3 +284,15 @@ def test_every_form_gives_the_jacobian_on_a_gpu(form: str) -> None:
     for _ in range(4):
         jacobian = computer(objectives, list(cuda.parameters()))
         torch.testing.assert_close(jacobian.double().cpu(), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_auto_takes_the_loop_on_the_cpu_without_measuring(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured: list[str] = []
+    monkeypatch.setattr(
+        JacobianComputer, "_marked", lambda self, form, *args: measured.append(form)
+    )
+    net = ConvNet()
+    computer = JacobianComputer()
+    jacobian = computer(net.objectives(*_data()), list(net.parameters()))
+    torch.testing.assert_close(jacobian.double(), _reference(net), rtol=1e-5, atol=1e-6)
+    assert list(computer.choices.values()) == ["loop"] and measured == []

@@ -106,8 +106,8 @@ def violations(module: str, imports: set[str]) -> list[str]:
             permitted = CORE_THIRD_PARTY | CORE_THIRD_PARTY_BY_LAYER.get(layer, set())
             if top not in permitted:
                 problems.append(f"core module {module} imports {imported}")
-        if layer in ("strategies", "engine") and top == "lightning":
-            problems.append(f"{module} imports Lightning, which the {layer} must not need")
+        if layer == "strategies" and top == "lightning":
+            problems.append(f"{module} imports Lightning, which the strategies must not need")
     return problems
 
 

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_mtl.callbacks.switch import StrategySwitch
 from lightning_mtl.cli import MultiObjectiveCLI, run_cli
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "lightning_mtl" / "recipes"
 BATCHES_PER_EPOCH = 4
 EPOCHS = 2
 SAVED_STEP = 6  # epoch 1, after 2 of its 4 batches

@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightning_mtl.engine.jacobian import JacobianComputer, flatten, unflatten_into_grads
+from lightning_mtl.engine.jacobian import (
+    JacobianComputer,
+    JacobianForm,
+    flatten,
+    unflatten_into_grads,
+)
 from lightning_mtl.engine.precision import full_precision
 from lightning_mtl.strategies.base import (
     GradientBalancingStrategy,
@@ -129,9 +134,17 @@ class GradientEngine:
 
     Args:
         chunk_size: objectives per batched backward pass (see :class:`JacobianComputer`).
+        accumulate_grad_batches: micro-batches per optimizer step (see :meth:`step`).
+        jacobian_form: how per-objective gradients are computed (see
+            :class:`JacobianComputer`).
     """
 
-    def __init__(self, chunk_size: int | None = None, accumulate_grad_batches: int = 1) -> None:
+    def __init__(
+        self,
+        chunk_size: int | None = None,
+        accumulate_grad_batches: int = 1,
+        jacobian_form: JacobianForm = "auto",
+    ) -> None:
         if isinstance(accumulate_grad_batches, bool) or not (
             isinstance(accumulate_grad_batches, int) and accumulate_grad_batches >= 1
         ):
@@ -139,7 +152,7 @@ class GradientEngine:
                 "accumulate_grad_batches must be a positive integer; got "
                 f"{accumulate_grad_batches!r}."
             )
-        self.jacobians = JacobianComputer(chunk_size)
+        self.jacobians = JacobianComputer(chunk_size, jacobian_form)
         self.accumulate_grad_batches = accumulate_grad_batches
         self._pending: _Pending | None = None
 

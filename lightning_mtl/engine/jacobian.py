@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.autograd.graph import GradientEdge
 
-JacobianForm = Literal["auto", "loop", "batched", "func"]
+JacobianForm = Literal["auto", "measure", "loop", "batched", "func"]
 """How :class:`JacobianComputer` forms the Jacobian (see there)."""
 
 _FORMS: tuple[str, ...] = ("batched", "func", "loop")
@@ -43,13 +43,19 @@ class JacobianComputer:
       cover convolution and batch norm. ``torch.func.jacrev`` is not an option: it needs the
       objectives as a function of the inputs, and the engine receives a graph already built by
       the user's ``compute_objectives``.
-    * ``"auto"``: for each problem (number of objectives, shapes of the inputs, device) the first
-      call runs every form once (warm-up), the next two calls time each form on the same graph,
-      and the fastest is used from then on; the choice is logged once (``rank_zero_info``) and
-      kept in :attr:`choices`. On an accelerator the times are events in the stream, read once
-      the device has passed them (the host never waits for it), so the choice may come a call
-      or two later. Until it is made the result is the loop's, and during the three measured
-      calls the memory in use is that of the most demanding form. A form that fails is dropped.
+    * ``"measure"``: for each problem (number of objectives, shapes of the inputs, device) the
+      first call runs every form once (warm-up), the next two calls time each form on the same
+      graph, and the fastest is used from then on; the choice is logged once
+      (``rank_zero_info``) and kept in :attr:`choices`. On an accelerator the times are events
+      in the stream, read once the device has passed them (the host never waits for it), so the
+      choice may come a call or two later. Until it is made the result is the loop's, and during
+      the three measured calls the memory in use is that of the most demanding form. A form that
+      fails is dropped.
+    * ``"auto"`` (the default): the loop on the CPU, ``"measure"`` on an accelerator. On the CPU
+      the loop was the fastest form in every configuration measured (a small CNN at T = 2, 10
+      and 40, and the representation scope: ``benchmarks/RESULTS.md``), and measuring would
+      hold the batched forms' intermediates for three steps (about 1 GB at T = 40 there, against
+      130 MiB for the loop).
 
     The batched forms hold ``chunk_size`` rows of gradients and of the backward pass's
     intermediates at once. Every form writes straight into one freshly allocated float32 matrix
@@ -65,7 +71,7 @@ class JacobianComputer:
         chunk_size: objectives per batched backward pass (``batched`` and ``func``, also while
             ``auto`` measures them); lower it to cap their memory, which grows with the number
             of rows. ``None``: all objectives.
-        form: ``"auto"`` (measure), or one of ``"loop"``, ``"batched"``, ``"func"``.
+        form: ``"auto"``, ``"measure"``, or one of ``"loop"``, ``"batched"``, ``"func"``.
 
     Example::
 
@@ -86,7 +92,7 @@ class JacobianComputer:
         self.form = form
         self.choices: dict[_ProblemKey, str] = {}
         """The form used for each problem seen so far, once chosen (or forced)."""
-        self._trials: dict[_ProblemKey, dict[str, list[float]]] = {}
+        self._trials: dict[_ProblemKey, _Trial] = {}
         self._failures: dict[str, str] = {}
 
     def __call__(self, outputs: Tensor, inputs: Sequence[Tensor]) -> Tensor:
@@ -117,9 +123,10 @@ class JacobianComputer:
 
     def _forced_form(self, key: _ProblemKey, rows: int) -> str | None:
         """The form of a problem not seen yet: ``None`` if it must be measured."""
-        if self.form == "auto" and rows > 1:
+        measured = self.form == "measure" or (self.form == "auto" and key[3].type != "cpu")
+        if measured and rows > 1:
             return None
-        form = "loop" if self.form == "auto" or self.form in self._failures else self.form
+        form = self.form if self.form in _FORMS and self.form not in self._failures else "loop"
         self.choices[key] = form
         return form
 
@@ -223,13 +230,15 @@ class _Trial:
 
 def _loop(outputs: Tensor, inputs: list[Tensor], jacobian: Tensor, chunk_size: int | None) -> None:
     starts = _stacked_rows(outputs)
+    grads: Sequence[Tensor | None]
     for row in range(outputs.shape[0]):
+        start = starts[row] if starts is not None else None
         if starts is None:
             grads = torch.autograd.grad(outputs[row], inputs, retain_graph=True, allow_unused=True)
-        elif starts[row] is None:
+        elif start is None:
             grads = (None,) * len(inputs)
         else:
-            edge, grad = starts[row]
+            edge, grad = start
             grads = torch.autograd.grad(
                 edge, inputs, grad_outputs=grad, retain_graph=True, allow_unused=True
             )
@@ -264,9 +273,11 @@ def _stacked_rows(outputs: Tensor) -> list[tuple[GradientEdge, Tensor] | None] |
         live = [index for index, (child, _) in enumerate(node.next_functions) if child is not None]
         if len(live) != 1:
             return None
-        scale = _as_tuple(node(scale))[live[0]]
-        if scale is None or scale.shape != (rows,):
+        backward: Any = node  # a backward node applies its derivative when called
+        reached = _as_tuple(backward(scale))[live[0]]
+        if reached is None or reached.shape != (rows,):
             return None
+        scale = reached
         node = node.next_functions[live[0]][0]
     if node is None or node.name() != "StackBackward0" or len(node.next_functions) != rows:
         return None
