@@ -145,10 +145,8 @@ def test_cifar_lt_recipes_carry_the_papers_setting(recipe: Path, fake_cifar: Pat
     strategy = model.balancing_strategy
     if plot:
         assert isinstance(strategy, PLOT)
-        assert (strategy.rho, strategy.inner.c, strategy.keep) == (1e-4, 0.5, 0.0)
-        assert strategy.inner.scale == "sum"  # the authors' code
-        # The authors' E: CIFAR-10 at imbalance 100: 50; CIFAR-100: 30.
-        assert temporal.epochs == (50 if dataset == "cifar10" else 30)
+        assert temporal is not None  # E, ρ, c, the kept perturbation and the variability
+        # weight are pinned to the authors' configs in tests/test_recipe_values.py.
     else:
         assert isinstance(strategy, LinearScalarization) and temporal is None
 

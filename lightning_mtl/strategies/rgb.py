@@ -17,6 +17,26 @@ from lightning_mtl.strategies.base import (
 )
 
 
+def check_parameter_scope(strategy: object, scope: object) -> None:
+    """Refuse :class:`RGB` with ``scope="representation"``: its EMA direction lives in parameter
+    space (see :class:`RGB`).
+
+    Example::
+
+        >>> check_parameter_scope(RGB(), "shared")
+        >>> check_parameter_scope(RGB(), "representation")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: RGB keeps an EMA of the update direction in parameter space; ...
+    """
+    if isinstance(strategy, RGB) and scope == "representation":
+        raise ValueError(
+            "RGB keeps an EMA of the update direction in parameter space; with "
+            "scope='representation' its coordinates are features of different images at every "
+            "step. Use scope='shared' or submodule names."
+        )
+
+
 class RGB(GradientSurgery):
     """Rotation-based gradient balancing (RGB), Algorithm 1 of "Preserving Gradient Harmony: A
     Rotation-Based Gradient Balancing for Multi-Task Conflict Remedy" (anonymous, under review;
@@ -34,6 +54,13 @@ class RGB(GradientSurgery):
     optimisation runs on a ``(T + 1) × (T + 1)`` Gram matrix, vectorised over all tasks, on the
     device and without host synchronisation; the ``D``-dimensional work per step is one Gramian
     and three matrix-vector products. The final direction is ``Jᵀa + b d_t``.
+
+    **Parameter space only.** ``d_t`` is defined in parameter space (Algorithm 1): coordinate
+    ``k`` of ``d_{t−1}`` and of ``y`` is the same parameter at every step. With
+    ``scope="representation"`` the rows would be gradients with respect to a batch of features,
+    whose coordinates belong to different images at every step, so the EMA would average
+    unrelated quantities; :func:`check_parameter_scope` refuses that combination (the bundled
+    multi-task modules call it).
 
     Choices where the paper is silent (it says only that the angles are found by "stochastic-
     gradient descent"):

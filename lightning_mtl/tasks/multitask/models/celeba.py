@@ -19,7 +19,7 @@ from lightning_mtl.extras import optional_import
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
 from lightning_mtl.objectives import Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
-from lightning_mtl.strategies.rgb import RGB
+from lightning_mtl.strategies.rgb import RGB, check_parameter_scope
 from lightning_mtl.tasks.multitask.data.celeba import CELEBA_ATTRIBUTES
 from lightning_mtl.tasks.multitask.metrics import delta_m
 
@@ -197,17 +197,18 @@ class CelebAMultiTask(MultiObjectiveMixin, pl.LightningModule):
     The defaults follow the paper's CelebA setting (the RGB paper, table 7 and figure 3): RGB with
     ``α_steps = 50`` and ``λ = 1`` (μ = 0.9), and FAMO's optimiser, Adam at ``3e-4`` without
     weight decay or schedule (batch 256, 15 epochs in the recipe). The default scope is
-    ``"representation"``: RGB sees the 40 gradients with respect to the trunk's ``[B, 512]``
-    features, which only go back through the heads, and the balanced feature gradient then takes
-    one backward pass through the trunk; the heads get the plain sum's gradient. ``"shared"``
-    balances the trunk's parameter gradients instead: a 40 × 11 M Jacobian through the whole
-    trunk every step, far dearer at 40 tasks.
+    ``"shared"``: RGB balances the trunk's parameter gradients (a 40 × 11 M Jacobian through the
+    whole trunk every step), as the paper defines its EMA direction in parameter space.
+    ``"representation"`` (the 40 gradients with respect to the trunk's ``[B, 512]`` features,
+    which only go back through the heads, then one backward pass through the trunk) is far
+    cheaper and suits the memoryless strategies, but is refused with RGB
+    (:func:`~lightning_mtl.strategies.rgb.check_parameter_scope`).
 
     Args:
         strategy: the balancing strategy; ``None`` is ``RGB(alpha_steps=50,
             proximity_weight=1.0)``.
-        scope: ``"representation"`` (the trunk's features), ``"shared"`` (its parameters) or
-            submodule names, see ``configure_balancing``.
+        scope: ``"shared"`` (the trunk's parameters), ``"representation"`` (its features; not
+            with RGB) or submodule names, see ``configure_balancing``.
         trunk: ``"resnet18"`` (torchvision, ``weights=None``) or ``"small"`` (4 convolutions).
         attributes: the task names, in target order; ``None`` is the 40 CelebA attributes.
         width: channels of the small trunk's first convolution (ignored by ResNet-18).
@@ -228,7 +229,7 @@ class CelebAMultiTask(MultiObjectiveMixin, pl.LightningModule):
     def __init__(
         self,
         strategy: GradientBalancingStrategy | None = None,
-        scope: ScopeSpec = "representation",
+        scope: ScopeSpec = "shared",
         trunk: TrunkName = "resnet18",
         attributes: Sequence[str] | None = None,
         width: int = 16,
@@ -260,8 +261,9 @@ class CelebAMultiTask(MultiObjectiveMixin, pl.LightningModule):
         self.heads = nn.ModuleList(nn.Linear(feature_dim, 1) for _ in names)
         self.val_scores = BinaryTaskScores(len(names))
         self.test_scores = BinaryTaskScores(len(names))
-        default = RGB(alpha_steps=50, proximity_weight=1.0)
-        self.configure_balancing(strategy if strategy is not None else default, scope=scope)
+        strategy = strategy if strategy is not None else RGB(alpha_steps=50, proximity_weight=1.0)
+        check_parameter_scope(strategy, scope)
+        self.configure_balancing(strategy, scope=scope)
 
     def features(self, images: Tensor) -> Tensor:
         """``[B, feature_dim]`` shared features of ``[B, 3, S, S]`` images."""

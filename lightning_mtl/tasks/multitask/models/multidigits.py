@@ -15,6 +15,7 @@ from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
 from lightning_mtl.objectives import Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.linear_scalarization import LinearScalarization
+from lightning_mtl.strategies.rgb import check_parameter_scope
 from lightning_mtl.tasks.common.optim import sgd_with_cosine_decay
 from lightning_mtl.tasks.multitask.metrics import PerTaskAccuracy, delta_m
 
@@ -148,9 +149,9 @@ class MultiDigitsModule(MultiObjectiveMixin, pl.LightningModule):
         self.heads = nn.ModuleList(nn.Linear(feature_dim, num_classes) for _ in range(num_tasks))
         self.val_accuracy = PerTaskAccuracy(num_tasks, num_classes)
         self.test_accuracy = PerTaskAccuracy(num_tasks, num_classes)
-        self.configure_balancing(
-            strategy if strategy is not None else LinearScalarization(), scope=scope
-        )
+        strategy = strategy if strategy is not None else LinearScalarization()
+        check_parameter_scope(strategy, scope)
+        self.configure_balancing(strategy, scope=scope)
 
     def head_logits(self, features: Tensor) -> Tensor:
         """``[B, num_tasks, num_classes]`` logits of every head."""

@@ -24,7 +24,7 @@ from lightning_mtl.extras import optional_import
 from lightning_mtl.mixin import MultiObjectiveMixin, ScopeSpec
 from lightning_mtl.objectives import Objectives
 from lightning_mtl.strategies.base import GradientBalancingStrategy
-from lightning_mtl.strategies.rgb import RGB
+from lightning_mtl.strategies.rgb import RGB, check_parameter_scope
 from lightning_mtl.tasks.multitask.data.nyuv2 import NYUV2_NUM_CLASSES
 from lightning_mtl.tasks.multitask.metrics import delta_m
 
@@ -541,8 +541,9 @@ class NYUv2MultiTask(MultiObjectiveMixin, pl.LightningModule):
         )
         self.val_metrics = self._metrics(num_classes)
         self.test_metrics = self._metrics(num_classes)
-        default = RGB(proximity_weight=0.0, alpha_steps=5)
-        self.configure_balancing(strategy if strategy is not None else default, scope=scope)
+        strategy = strategy if strategy is not None else RGB(proximity_weight=0.0, alpha_steps=5)
+        check_parameter_scope(strategy, scope)
+        self.configure_balancing(strategy, scope=scope)
 
     @staticmethod
     def _metrics(num_classes: int) -> nn.ModuleDict:
