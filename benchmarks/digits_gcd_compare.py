@@ -118,6 +118,8 @@ def run(variant: str, lr: float, seed: int, epochs: int | None, holdout: float) 
         args += ["--trainer.max_epochs", str(epochs)]
     start = time.perf_counter()
     metrics, trainer = fit_with_cli(args)
+    if "diverged" in metrics:
+        return {**metrics, "seconds": time.perf_counter() - start}
     result = {SELECT: metrics[SELECT], "seconds": time.perf_counter() - start}
     result.update({group: metrics[f"test/{group}"] for group in ("all", "old", "new")})
     for callback in trainer.callbacks:

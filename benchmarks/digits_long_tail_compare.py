@@ -59,6 +59,8 @@ def run(variant: str, lr: float, seed: int, epochs: int | None) -> dict[str, flo
         args += ["--trainer.max_epochs", str(epochs)]
     start = time.perf_counter()
     metrics, _ = fit_with_cli(args)
+    if "diverged" in metrics:
+        return {**metrics, "seconds": time.perf_counter() - start}
     result = {SELECT: metrics[SELECT], "seconds": time.perf_counter() - start}
     result.update({group: metrics[f"test/{group}"] for group in GROUPS})
     return result

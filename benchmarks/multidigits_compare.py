@@ -52,6 +52,7 @@ import torch
 import yaml
 from seeded_sweep import CLAIM_HEADER, Metrics, Sweep, cell, claim_row, run_sweep, write_report
 
+from lightning_mtl.mixin import NonFiniteObjectiveError
 from lightning_mtl.strategies import GradientBalancingStrategy
 from lightning_mtl.tasks.multitask import delta_m, mean_rank
 from lightning_mtl.tasks.multitask.data.multidigits import MultiDigitsDataModule
@@ -202,15 +203,19 @@ def run_one(
     """One method at one rate and seed; the single-task row (``factory`` ``None``) trains the
     T one-head models and keeps task k's accuracies from model k."""
     names = task_names(recipe.num_tasks)
-    if factory is not None:
-        validation, test, seconds = train_once(recipe, factory(), None, seed, lr, accelerator)
-    else:
-        validation, test, seconds = [], [], 0.0
-        for task in range(recipe.num_tasks):
-            val_k, test_k, took = train_once(recipe, None, task, seed, lr, accelerator)
-            validation.append(val_k[task])  # the other heads were not trained
-            test.append(test_k[task])
-            seconds += took
+    start = time.perf_counter()
+    try:
+        if factory is not None:
+            validation, test, seconds = train_once(recipe, factory(), None, seed, lr, accelerator)
+        else:
+            validation, test, seconds = [], [], 0.0
+            for task in range(recipe.num_tasks):
+                val_k, test_k, took = train_once(recipe, None, task, seed, lr, accelerator)
+                validation.append(val_k[task])  # the other heads were not trained
+                test.append(test_k[task])
+                seconds += took
+    except NonFiniteObjectiveError:
+        return {"diverged": 1.0, "seconds": time.perf_counter() - start}
     metrics: Metrics = {SELECT: statistics.fmean(validation), "seconds": seconds}
     metrics.update({f"acc_{n}": value for n, value in zip(names, test, strict=True)})
     metrics["acc_mean"] = statistics.fmean(test)

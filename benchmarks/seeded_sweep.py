@@ -2,6 +2,9 @@
 on the validation split, the test split is reported as mean ± 95% interval over seeds
 (Student's t), and a paper's claim is checked on the seed-by-seed (paired) difference.
 
+A run whose losses became NaN or infinite is recorded as ``{"diverged": 1}``; a rate at which
+any seed diverged is not chosen.
+
 A verdict compares a method with its baseline at their chosen rates, on the same seeds: the 95%
 t interval of the paired difference lying entirely on the side the paper claims is
 ``supported``, entirely on the other side ``not supported``, and across zero ``inconclusive``
@@ -89,9 +92,12 @@ class Sweep:
 
     def chosen_lr(self, method: str, key: str, lower_is_better: bool = False) -> float:
         by_lr = self.runs[method]
+        stable = [
+            lr for lr, runs in by_lr.items() if not any("diverged" in r for r in runs.values())
+        ]
         sign = -1.0 if lower_is_better else 1.0
         return max(
-            by_lr, key=lambda lr: sign * statistics.fmean(r[key] for r in by_lr[lr].values())
+            stable, key=lambda lr: sign * statistics.fmean(r[key] for r in by_lr[lr].values())
         )
 
     def chosen(self, method: str, key: str, lower_is_better: bool = False) -> dict[int, Metrics]:
@@ -126,6 +132,10 @@ class Sweep:
             for lr in rates:
                 if lr not in by_lr:
                     cells.append("—")
+                    continue
+                diverged = sum("diverged" in r for r in by_lr[lr].values())
+                if diverged:
+                    cells.append(f"diverged ({diverged}/{len(by_lr[lr])})")
                     continue
                 mean = statistics.fmean(r[key] for r in by_lr[lr].values())
                 text = f"{mean:.{digits}f}"
@@ -179,14 +189,19 @@ CLAIM_HEADER = (
 def fit_with_cli(args: Sequence[str]) -> tuple[Metrics, Any]:
     """What ``lightning-mtl fit`` with ``args`` does (quietly: no logger, checkpoint or progress
     bar): fit, then test; the metrics logged at the end of fit (``val/…``) and of the test
-    (``test/…``) as floats, and the Trainer."""
+    (``test/…``) as floats (``{"diverged": 1}`` when a loss became non-finite), and the
+    Trainer."""
     from lightning_mtl.cli import run_cli
+    from lightning_mtl.mixin import NonFiniteObjectiveError
 
     quiet = ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]
     quiet += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     with contextlib.redirect_stdout(io.StringIO()):
         cli = run_cli([*args, *quiet], run=False, save_config_callback=None)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        except NonFiniteObjectiveError:
+            return {"diverged": 1.0}, cli.trainer
         metrics = {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     metrics.update({key: float(value) for key, value in cli.trainer.callback_metrics.items()})

@@ -127,6 +127,7 @@ def test_hyperparameters_saved_and_loader_before_setup() -> None:
         "val_size": 4,
         "seed": 1,
         "num_workers": 0,
+        "test_size": 0,
     }
     with pytest.raises(RuntimeError, match="call `setup"):
         dm.train_dataloader()

@@ -221,9 +221,8 @@ class CelebAMultiTask(MultiObjectiveMixin, pl.LightningModule):
 
         >>> model = CelebAMultiTask(trunk="small", attributes=["Smiling", "Young"], width=4)
         >>> batch = (torch.rand(4, 3, 16, 16), torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]]))
-        >>> out = model.compute_objectives(batch, 0)
-        >>> sorted(out.losses), tuple(out.representation.shape), tuple(model(batch[0]).shape)
-        (['Smiling', 'Young'], (4, 32), (4, 2))
+        >>> sorted(model.compute_objectives(batch, 0)), tuple(model(batch[0]).shape)
+        (['Smiling', 'Young'], (4, 2))
     """
 
     def __init__(
