@@ -78,6 +78,10 @@ def report(sweep: Sweep, command: str) -> str:
         lr = sweep.chosen_lr(variant, SELECT)
         lines.append(f"| {variant} | {lr:g} | " + " | ".join(cells) + " |")
     lines += ["", CLAIM_HEADER]
+    if "ce" in sweep.runs and "balanced_softmax" in sweep.runs:
+        # A control: an effect of the base methods' own papers, to see what this scale resolves.
+        claim = "Balanced Softmax raises Few over CE (Ren et al., 2020; a control)"
+        lines.append(claim_row(sweep, claim, "balanced_softmax", "ce", "acc_few", SELECT, +1))
     for base in BASES:
         if base in sweep.runs and f"{base}+plot" in sweep.runs:
             for metric in ("acc", "acc_few"):

@@ -348,6 +348,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="write <out>.md and <out>.json",
     )
     parser.add_argument("--resume", action="store_true", help="skip runs already in <out>.json")
+    parser.add_argument(
+        "--without-single-task",
+        action="store_true",
+        help="skip the single-task baselines (to extend the grid of some methods only)",
+    )
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be positive.")
@@ -364,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=pattern)
     recipe = load_recipe(args.recipe, args.epochs, args.train_size, args.test_size, args.scope)
     names = list(dict.fromkeys(args.strategies or DEFAULT_STRATEGIES))
-    factories: dict[str, StrategyFactory | None] = {SINGLE_TASK: None}
+    factories: dict[str, StrategyFactory | None] = {}
+    if not args.without_single_task:
+        factories[SINGLE_TASK] = None
     skipped: dict[str, str] = {}
     for name in names:
         factory, reason = resolve_strategy(name)
@@ -380,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             method, factories[method], recipe, lr, seed, args.accelerator
         ),
     )
-    add_delta_m(sweep, task_names(recipe.num_tasks))
+    if SINGLE_TASK in sweep.runs:
+        add_delta_m(sweep, task_names(recipe.num_tasks))
     write_report(args, markdown(args, recipe, sweep, skipped))
     return 0
 
