@@ -262,7 +262,7 @@ def claims(sweep: Sweep) -> str:
     rows = [CLAIM_HEADER]
     for other in sweep.runs:
         if "RGB" in sweep.runs and other not in ("RGB", SINGLE_TASK):
-            claim = "RGB has a lower Δm% (RGB paper, tables 2-6)"
+            claim = "RGB has a lower Δm% (RGB paper, tables 2 and 3)"
             rows.append(claim_row(sweep, claim, "RGB", other, "delta_m", SELECT, -1, 2))
     return "\n".join(rows) if len(rows) > 1 else ""
 
