@@ -1,21 +1,22 @@
-"""Compare balancing strategies on the multi-digit recipe: per-task accuracy, Δm%, mean rank.
+"""Compare balancing strategies on the multi-digit recipe over seeds and learning rates: each
+method's rate chosen on the validation split, per-task accuracy, Δm% and mean rank reported on a
+separate test split as mean ± 95% interval, and the RGB paper's claim checked seed by seed.
 
 For every strategy named on the command line, the script trains the model of
-the bundled recipe ``multidigits_mtl`` (same hyperparameters, same seeds). It also trains the T
-single-task baselines: the same model with ``single_task=k``, one head trained at a time. Then it
-prints a markdown table with one row per method: per-task validation accuracy, mean accuracy,
-Δm% against the single-task baselines and the mean rank. The same table is written to ``--out``.
-
-With several ``--seeds``, each run uses ``seed_everything(seed)`` and a data module seeded with
-``seed`` (split, composites and order). Accuracies are averaged over seeds before Δm% and the
-ranks are computed. The ranking includes the single-task row, as in the Nash-MTL and FAMO
-tables.
+the ``multidigits_mtl`` recipe (same hyperparameters, same seeds) at every rate of ``--lrs``.
+It also trains the T single-task baselines: the same model with ``single_task=k``, one head
+trained at a time (one rate for the T models, chosen like a method's). The data module holds out
+``--test-size`` test composites drawn from digits apart from the validation ones. A method's rate
+is the one with the best validation mean accuracy over the seeds (``seeded_sweep``); at those
+rates, Δm% (against the single-task models of the same seed) and the paired differences are
+taken seed by seed. The mean rank uses the seed-mean accuracies and includes the single-task
+row, as in the Nash-MTL and FAMO tables.
 
 Usage::
 
     PYTHONPATH=. python benchmarks/multidigits_compare.py                  # default strategies
     PYTHONPATH=. python benchmarks/multidigits_compare.py LinearScalarization MGDA CAGrad \
-        --seeds 0 1 2 --out benchmark_results/multidigits_compare.md
+        --seeds 0 1 2 3 4 --lrs 0.05 0.1 0.2 --out benchmark_results/multidigits
     PYTHONPATH=. python benchmarks/multidigits_compare.py --epochs 1 --train-size 512  # smoke test
 
 Strategy names are classes of ``lightning_mtl.strategies`` (``MGDA``), looked up in the package
@@ -41,7 +42,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +50,19 @@ import lightning
 import lightning.pytorch as pl
 import torch
 import yaml
+from seeded_sweep import CLAIM_HEADER, Metrics, Sweep, cell, claim_row, run_sweep, write_report
 
-from lightning_mtl.cli import bundled_recipes
+from lightning_mtl.mixin import NonFiniteObjectiveError
 from lightning_mtl.strategies import GradientBalancingStrategy
 from lightning_mtl.tasks.multitask import delta_m, mean_rank
 from lightning_mtl.tasks.multitask.data.multidigits import MultiDigitsDataModule
 from lightning_mtl.tasks.multitask.models.multidigits import MultiDigitsModule, task_names
 
+RECIPE = Path(__file__).resolve().parents[1] / "lightning_mtl" / "recipes" / "multidigits_mtl.yaml"
 # PGI is not listed: it balances exactly two objectives and this problem has three or more.
 DEFAULT_STRATEGIES = ("LinearScalarization", "RGB", "MGDA", "CAGrad", "PCGrad", "NashMTL", "UPGrad")
 SINGLE_TASK = "single-task"
+SELECT = "val/acc_mean"
 
 # Lightning's advice that does not apply to a short in-memory benchmark, and a deprecation
 # inside the libraries.
@@ -139,7 +143,7 @@ class Recipe:
 
 
 def load_recipe(
-    path: Path, epochs: int | None, train_size: int | None, scope: str | None
+    path: Path, epochs: int | None, train_size: int | None, test_size: int, scope: str | None
 ) -> Recipe:
     """The recipe's model and data arguments, without the strategy, with the overrides."""
     config = yaml.safe_load(path.read_text())
@@ -148,6 +152,7 @@ def load_recipe(
     if scope is not None:
         model_args["scope"] = scope
     data_args = dict(config["data"].get("init_args", {}))
+    data_args["test_size"] = test_size
     if train_size is not None:
         data_args["train_size"] = train_size
     max_epochs = epochs if epochs is not None else int(config["trainer"]["max_epochs"])
@@ -159,12 +164,14 @@ def train_once(
     strategy: GradientBalancingStrategy | None,
     single_task: int | None,
     seed: int,
+    lr: float,
     accelerator: str,
-) -> tuple[list[float], float]:
-    """Fit one model and return its per-task validation accuracies and the seconds it took."""
+) -> tuple[list[float], list[float], float]:
+    """Fit one model; its per-task validation and test accuracies and the seconds it took."""
     pl.seed_everything(seed, verbose=False)
     data = MultiDigitsDataModule(**{**recipe.data_args, "seed": seed})
-    model = MultiDigitsModule(**recipe.model_args, strategy=strategy, single_task=single_task)
+    model_args = {**recipe.model_args, "lr": lr}
+    model = MultiDigitsModule(**model_args, strategy=strategy, single_task=single_task)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -178,107 +185,86 @@ def train_once(
     start = time.perf_counter()
     trainer.fit(model, data)
     seconds = time.perf_counter() - start
-    metrics = trainer.callback_metrics
-    accuracies = [float(metrics[f"val/acc_{name}"]) for name in task_names(recipe.num_tasks)]
-    return accuracies, seconds
+    names = task_names(recipe.num_tasks)
+    validation = [float(trainer.callback_metrics[f"val/acc_{name}"]) for name in names]
+    trainer.test(model, data, verbose=False)
+    test = [float(trainer.callback_metrics[f"test/acc_{name}"]) for name in names]
+    return validation, test, seconds
 
 
-@dataclass
-class MethodResult:
-    """One row of the table: accuracies per seed (each a list over tasks), or a failure."""
-
-    method: str
-    accuracies: list[list[float]] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    failure: str | None = None
-
-    def mean_per_task(self) -> list[float]:
-        return [statistics.fmean(column) for column in zip(*self.accuracies, strict=True)]
-
-    def mean_accuracy_per_seed(self) -> list[float]:
-        return [statistics.fmean(row) for row in self.accuracies]
-
-
-def run_method(
+def run_one(
     name: str,
-    factory: StrategyFactory,
+    factory: StrategyFactory | None,
     recipe: Recipe,
-    seeds: Sequence[int],
+    lr: float,
+    seed: int,
     accelerator: str,
-) -> MethodResult:
-    """Train ``name`` once per seed; a failure becomes the row's reason instead of a crash."""
-    result = MethodResult(name)
-    for seed in seeds:
-        try:
-            accuracies, seconds = train_once(recipe, factory(), None, seed, accelerator)
-        except Exception as error:
-            result.failure = f"seed {seed}: {type(error).__name__}: {error}"
-            print(f"{name}: failed: {result.failure}", file=sys.stderr, flush=True)
-            return result
-        result.accuracies.append(accuracies)
-        result.seconds.append(seconds)
-        print(f"{name} seed {seed}: {_fmt_list(accuracies)} in {seconds:.1f} s", file=sys.stderr)
-    return result
-
-
-def run_single_task(recipe: Recipe, seeds: Sequence[int], accelerator: str) -> MethodResult:
-    """The single-task baselines: task k's accuracy from the model trained on task k alone."""
-    result = MethodResult(SINGLE_TASK)
-    for seed in seeds:
-        row, seconds = [], 0.0
-        for task in range(recipe.num_tasks):
-            accuracies, took = train_once(recipe, None, task, seed, accelerator)
-            row.append(accuracies[task])  # the other heads were not trained
-            seconds += took
-        result.accuracies.append(row)
-        result.seconds.append(seconds)
-        print(f"{SINGLE_TASK} seed {seed}: {_fmt_list(row)} in {seconds:.1f} s", file=sys.stderr)
-    return result
+) -> Metrics:
+    """One method at one rate and seed; the single-task row (``factory`` ``None``) trains the
+    T one-head models and keeps task k's accuracies from model k."""
+    names = task_names(recipe.num_tasks)
+    start = time.perf_counter()
+    try:
+        if factory is not None:
+            validation, test, seconds = train_once(recipe, factory(), None, seed, lr, accelerator)
+        else:
+            validation, test, seconds = [], [], 0.0
+            for task in range(recipe.num_tasks):
+                val_k, test_k, took = train_once(recipe, None, task, seed, lr, accelerator)
+                validation.append(val_k[task])  # the other heads were not trained
+                test.append(test_k[task])
+                seconds += took
+    except NonFiniteObjectiveError:
+        return {"diverged": 1.0, "seconds": time.perf_counter() - start}
+    metrics: Metrics = {SELECT: statistics.fmean(validation), "seconds": seconds}
+    metrics.update({f"acc_{n}": value for n, value in zip(names, test, strict=True)})
+    metrics["acc_mean"] = statistics.fmean(test)
+    return metrics
 
 
 # --- report --------------------------------------------------------------------------------------
 
 
-def _fmt_list(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{value:.4f}" for value in values) + "]"
+def add_delta_m(sweep: Sweep, names: Sequence[str]) -> None:
+    """Give every run at a method's chosen rate its Δm% against the single-task models of the
+    same seed at theirs."""
+    baselines = sweep.chosen(SINGLE_TASK, SELECT)
+    for method in sweep.runs:
+        for seed, run in sweep.chosen(method, SELECT).items():
+            if seed in baselines:
+                mine = {n: run[f"acc_{n}"] for n in names}
+                theirs = {n: baselines[seed][f"acc_{n}"] for n in names}
+                run["delta_m"] = delta_m(mine, theirs)
 
 
-def _with_spread(values: Sequence[float]) -> str:
-    """``mean`` or, with several seeds, ``mean ± standard deviation``."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:.4f}"
-    return f"{mean:.4f} ± {statistics.stdev(values):.4f}"
-
-
-def table(results: Sequence[MethodResult], num_tasks: int) -> str:
-    """The markdown table: Δm% against the single-task row, mean rank over all rows."""
-    names = task_names(num_tasks)
-    done = [result for result in results if result.failure is None and result.accuracies]
-    by_method = {
-        result.method: dict(zip(names, result.mean_per_task(), strict=True)) for result in done
+def table(sweep: Sweep, names: Sequence[str]) -> str:
+    """Markdown: per-task test accuracy, mean accuracy, Δm% and MR at the chosen rates."""
+    means = {
+        method: {n: statistics.fmean(sweep.values(method, f"acc_{n}", SELECT)) for n in names}
+        for method in sweep.runs
     }
-    baselines = by_method.get(SINGLE_TASK)
-    ranks = mean_rank(by_method) if by_method else {}
-    columns = ["method", *[f"acc {name}" for name in names], "mean acc", "Δm%", "MR", "s/run"]
+    ranks = mean_rank(means)
+    columns = ["method", "lr", *[f"acc {n}" for n in names], "mean acc", "Δm%", "MR", "s/run"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for result in results:
-        if result not in done:
-            cells = [result.method, f"failed: {result.failure}"] + ["-"] * (len(columns) - 2)
-        else:
-            per_task = by_method[result.method]
-            per_seed_tasks = list(zip(*result.accuracies, strict=True))
-            delta = delta_m(per_task, baselines) if baselines is not None else None
-            cells = [
-                result.method,
-                *[_with_spread(values) for values in per_seed_tasks],
-                _with_spread(result.mean_accuracy_per_seed()),
-                "-" if delta is None else f"{delta:+.2f}",
-                f"{ranks[result.method]:.2f}",
-                f"{statistics.fmean(result.seconds):.1f}",
-            ]
-        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    for method in sweep.runs:
+        cells = [method, f"{sweep.chosen_lr(method, SELECT):g}"]
+        cells += [cell(sweep.values(method, f"acc_{n}", SELECT), 4) for n in names]
+        cells.append(cell(sweep.values(method, "acc_mean", SELECT), 4))
+        cells.append(cell(sweep.values(method, "delta_m", SELECT), 2))
+        cells += [f"{ranks[method]:.2f}", cell(sweep.values(method, "seconds", SELECT), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def claims(sweep: Sweep) -> str:
+    """The RGB paper's claim (its tables: the best Δm% of the methods compared) against each
+    method run here, on the seed-by-seed Δm% differences (negative: RGB better)."""
+    rows = [CLAIM_HEADER]
+    for other in sweep.runs:
+        if "RGB" in sweep.runs and other not in ("RGB", SINGLE_TASK):
+            claim = "RGB has a lower Δm% (RGB paper, tables 2 and 3)"
+            rows.append(claim_row(sweep, claim, "RGB", other, "delta_m", SELECT, -1, 2))
+    return "\n".join(rows) if len(rows) > 1 else ""
 
 
 def cpu_name() -> str:
@@ -293,15 +279,13 @@ def cpu_name() -> str:
 
 
 def markdown(
-    args: argparse.Namespace,
-    recipe: Recipe,
-    results: Sequence[MethodResult],
-    skipped: dict[str, str],
+    args: argparse.Namespace, recipe: Recipe, sweep: Sweep, skipped: dict[str, str]
 ) -> str:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     model = ", ".join(f"{key}={value}" for key, value in recipe.model_args.items())
     data = ", ".join(f"{key}={value}" for key, value in recipe.data_args.items())
+    names = task_names(recipe.num_tasks)
     lines = [
         "# Multi-digit recipe: balancing strategies compared",
         "",
@@ -309,17 +293,23 @@ def markdown(
         f"Python {platform.python_version()}",
         f"- date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
         f"- command: `{command}`",
-        f"- recipe: {args.recipe.name}, epochs {recipe.epochs}, seeds {list(args.seeds)}; "
-        f"model {model}; data {data}",
+        f"- recipe: {args.recipe.name}, epochs {recipe.epochs}, seeds {list(args.seeds)}, rates "
+        f"{list(args.lrs)}; model {model}; data {data}",
         "",
-        table(results, recipe.num_tasks),
+        f"Validation mean accuracy ({SELECT}) by rate:",
         "",
-        "Accuracies: validation accuracy per task after the last epoch, mean ± standard "
-        "deviation over seeds. Δm%: mean relative change of the per-task accuracies against the "
-        f"`{SINGLE_TASK}` row (each task's head trained alone), in percent, as a drop (the RGB "
+        sweep.selection_table(SELECT, digits=4),
+        "",
+        table(sweep, names),
+        "",
+        "Accuracies: test accuracy per task after the last epoch, at the method's chosen rate, "
+        "mean ± 95% t interval over seeds. Δm%: mean relative change of the per-task accuracies "
+        f"against the `{SINGLE_TASK}` row of the same seed, in percent, as a drop (the RGB "
         "paper's §3.1): lower is better, negative beats the single-task models. "
         "MR: mean rank over tasks among all rows (1 is best; ties share ranks). s/run: seconds "
         f"to fit one model (for `{SINGLE_TASK}`, all T models).",
+        "",
+        claims(sweep),
     ]
     if skipped:
         lines += ["", "Skipped:", ""]
@@ -339,18 +329,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"{', '.join(DEFAULT_STRATEGIES[1:])} that import)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--train-size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--test-size", type=int, default=600, help="test composites")
     parser.add_argument(
         "--scope",
         choices=("shared", "representation"),
         default=None,
         help="what gradient-based strategies balance (default: the recipe's, shared)",
     )
-    parser.add_argument("--recipe", type=Path, default=bundled_recipes()["multidigits_mtl"])
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument(
-        "--out", type=Path, default=Path("benchmark_results") / "multidigits_compare.md"
+        "--out",
+        type=Path,
+        default=Path("benchmark_results") / "multidigits_compare",
+        help="write <out>.md and <out>.json",
+    )
+    parser.add_argument("--resume", action="store_true", help="skip runs already in <out>.json")
+    parser.add_argument(
+        "--without-single-task",
+        action="store_true",
+        help="skip the single-task baselines (to extend the grid of some methods only)",
     )
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
@@ -366,9 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in _LIGHTNING_NOISE:
         warnings.filterwarnings("ignore", message=pattern)
-    recipe = load_recipe(args.recipe, args.epochs, args.train_size, args.scope)
+    recipe = load_recipe(args.recipe, args.epochs, args.train_size, args.test_size, args.scope)
     names = list(dict.fromkeys(args.strategies or DEFAULT_STRATEGIES))
-    factories: dict[str, StrategyFactory] = {}
+    factories: dict[str, StrategyFactory | None] = {}
+    if not args.without_single_task:
+        factories[SINGLE_TASK] = None
     skipped: dict[str, str] = {}
     for name in names:
         factory, reason = resolve_strategy(name)
@@ -377,17 +380,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped: {reason}", file=sys.stderr, flush=True)
         else:
             factories[name] = factory
-    results = [run_single_task(recipe, args.seeds, args.accelerator)]
-    results += [
-        run_method(name, factory, recipe, args.seeds, args.accelerator)
-        for name, factory in factories.items()
-    ]
-    report = markdown(args, recipe, results, skipped)
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0 if all(result.failure is None for result in results) else 1
+    args.variants = list(factories)
+    sweep = run_sweep(
+        args,
+        lambda method, lr, seed: run_one(
+            method, factories[method], recipe, lr, seed, args.accelerator
+        ),
+    )
+    if SINGLE_TASK in sweep.runs:
+        add_delta_m(sweep, task_names(recipe.num_tasks))
+    write_report(args, markdown(args, recipe, sweep, skipped))
+    return 0
 
 
 if __name__ == "__main__":

@@ -198,6 +198,13 @@ class MultiObjectiveMixin:
             )
         if isinstance(scope, str) and scope not in ("shared", "representation"):
             scope = [scope]
+        inner = strategy.inner if isinstance(strategy, SharpnessAware) else strategy
+        if scope == "representation" and inner.needs_parameter_scope:
+            raise ValueError(
+                f"{type(inner).__name__} keeps state in the coordinates of the balanced scope "
+                "from step to step, and a representation's coordinates are features of other "
+                "samples at every step: use scope='shared' or submodule names."
+            )
         if not isinstance(scope, str) and not scope:
             raise ValueError("scope names no submodule; pass 'shared' or submodule names.")
         if nonfinite not in ("raise", "skip"):

@@ -6,10 +6,12 @@ import copy
 import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -198,3 +200,41 @@ def trunk_reference(initial: TwoHeadNet) -> TrunkReference:
     heads = [*initial.cls_head.parameters(), *initial.rep_head.parameters()]
     rows = torch.stack([grads_of(losses["cls"], trunk), grads_of(losses["rep"], trunk)])
     return TrunkReference(losses, rows, grads_of(losses["cls"] + losses["rep"], heads))
+
+
+def cluster_accuracy_by_hand(model: nn.Module, loader: Any, num_old: int) -> dict[str, float]:
+    """GCD's All / Old / New of ``model`` on ``loader``'s ``(images, labels, _)`` batches,
+    computed apart from :class:`~lightning_mtl.tasks.gcd.ClusterAccuracy`: the argmax
+    clusters, a NumPy count matrix, one Hungarian matching of clusters to classes over all
+    samples (scipy), and the matched share of all, old-class and new-class samples."""
+    model.eval()
+    with torch.no_grad():
+        pairs = [(model(images).argmax(1), labels) for images, labels, _ in loader]
+    predicted = torch.cat([p for p, _ in pairs]).numpy()
+    labels = torch.cat([y for _, y in pairs]).numpy()
+    size = int(max(predicted.max(), labels.max())) + 1
+    counts = np.zeros((size, size))
+    np.add.at(counts, (predicted, labels), 1)
+    clusters, classes = linear_sum_assignment(-counts)
+    to_class = dict(zip(clusters.tolist(), classes.tolist(), strict=True))
+    hits = np.array(
+        [to_class[c] == y for c, y in zip(predicted.tolist(), labels.tolist(), strict=True)]
+    )
+    old = labels < num_old
+    return {"all": hits.mean(), "old": hits[old].mean(), "new": hits[~old].mean()}
+
+
+def predictions_by_hand(
+    model: nn.Module, loader: Any, batches: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(argmax predictions, labels)`` of ``model`` in eval mode over the first ``batches``
+    ``(images, labels, …)`` batches of ``loader`` (all of them by default), concatenated."""
+    model.eval()
+    predicted, labels = [], []
+    with torch.no_grad():
+        for index, (images, targets, *_) in enumerate(loader):
+            if batches is not None and index == batches:
+                break
+            predicted.append(model(images).argmax(-1))
+            labels.append(targets)
+    return torch.cat(predicted), torch.cat(labels)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 
 import pytest
@@ -27,36 +26,33 @@ from lightning_mtl.strategies import (
 )
 
 
-def _by_hand(original: torch.Tensor, adjusted: torch.Tensor) -> dict[str, float]:
-    rows = [r / r.norm() for r in adjusted.double()]
-    units = [g / g.norm() for g in original.double()]
-    count = len(rows)
-    pairs = list(itertools.combinations(range(count), 2))
-    conflict = sum((1 - float(rows[i] @ rows[j])) / 2 for i, j in pairs) / len(pairs)
-    proximity = (
-        sum(float(((r - u) ** 2).sum()) / 4 for r, u in zip(rows, units, strict=True)) / count
-    )
-    cosines = torch.stack(rows) @ torch.stack(rows).T
-    eigenvalues = torch.linalg.eigvalsh(cosines)
-    condition = float(eigenvalues.max() / eigenvalues.min())
-    balance = math.sqrt(1 / (1 + conflict) / (1 + proximity) / (1 + condition))
-    return {
-        "conflict": conflict,
-        "proximity": proximity,
-        "condition_number": condition,
-        "balance": balance,
-    }
-
-
-def test_equilibrium_terms_match_equations_3_to_6() -> None:
-    original = jacobian(5, 20, seed=1)
-    adjusted = original + 0.3 * jacobian(5, 20, seed=2)
+def test_equilibrium_terms_of_two_gradients_rotated_by_hand() -> None:
+    # Orthogonal gradients (norms 2 and 3), each rotated 15° toward the other (norms 5 and 0.5,
+    # which no term may see): the rotated pair is 60° apart, so by eq. 3 conflict is
+    # (1 − cos 60°) / 2; by eq. 4 each moved a unit vector by 15°, ‖r − ḡ‖² = 2 − 2 cos 15°;
+    # their cosine matrix [[1, ½], [½, 1]] has eigenvalues 3/2 and 1/2 (eq. 5: κ = 3).
+    original = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]])
+    cos, sin = math.cos(math.radians(15)), math.sin(math.radians(15))
+    adjusted = torch.tensor([[5 * cos, 5 * sin, 0.0], [0.5 * sin, 0.5 * cos, 0.0]])
     terms = {name: float(value) for name, value in equilibrium_terms(original, adjusted).items()}
-    assert terms == pytest.approx(_by_hand(original, adjusted), rel=1e-5)
-    unchanged = equilibrium_terms(original, original)
-    assert float(unchanged["proximity"]) == pytest.approx(0.0, abs=1e-12)
+    conflict, proximity, condition = 0.25, (1 - cos) / 2, 3.0
+    assert terms["conflict"] == pytest.approx(conflict, rel=1e-6)
+    assert terms["proximity"] == pytest.approx(proximity, rel=1e-5)
+    assert terms["condition_number"] == pytest.approx(condition, rel=1e-6)
+    balance = math.sqrt(1 / (1 + conflict) / (1 + proximity) / (1 + condition))  # eq. 6
+    assert terms["balance"] == pytest.approx(balance, rel=1e-6)
+
+
+def test_equilibrium_terms_of_three_gradients_at_sixty_degrees() -> None:
+    # Unit rows (1,1,0)/√2, (1,0,1)/√2, (0,1,1)/√2: every pair at cos ½, so conflict is ¼; the
+    # cosine matrix I + ½(11ᵀ − I) has eigenvalues 1 + 2·½ = 2 and 1 − ½ (twice): κ = 4;
+    # unchanged rows have proximity 0, and the balance is √(1/1.25 · 1 · 1/5) = 0.4.
+    rows = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]) * 7.0
+    terms = {name: float(value) for name, value in equilibrium_terms(rows, rows).items()}
+    expected = {"conflict": 0.25, "proximity": 0.0, "condition_number": 4.0, "balance": 0.4}
+    assert terms == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="T >= 2"):
-        equilibrium_terms(original[:1], original[:1])
+        equilibrium_terms(rows[:1], rows[:1])
 
 
 def _edit(strategy: GradientSurgery, rows: Tensor) -> EditedGradients:
@@ -91,7 +87,8 @@ def test_monitor_logs_the_diagnostics_of_the_step(make) -> None:
         adjusted = reference_rgb.rotated  # type: ignore[attr-defined]
     else:
         adjusted = rows
-    expected = _by_hand(rows, adjusted)
+    # equilibrium_terms is pinned by hand above; here: the monitor gives it the step's rows.
+    expected = {name: float(value) for name, value in equilibrium_terms(rows, adjusted).items()}
     metrics = module.trainer.callback_metrics
     for name in ("conflict", "proximity", "balance"):
         assert float(metrics[f"mer/{name}_step"]) == pytest.approx(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from fake_cifar import write_cifar10, write_cifar100
+from helpers import predictions_by_hand
 from host_sync import watch_steps
 from lightning.pytorch import LightningDataModule, LightningModule
 
@@ -147,10 +148,8 @@ def test_cifar_lt_recipes_carry_the_papers_setting(recipe: Path, fake_cifar: Pat
     strategy = model.balancing_strategy
     if plot:
         assert isinstance(strategy, PLOT)
-        assert (strategy.rho, strategy.inner.c, strategy.keep) == (1e-4, 0.5, 0.0)
-        assert strategy.inner.scale == "sum"  # the authors' code
-        # The authors' E: CIFAR-10 at imbalance 100: 50; CIFAR-100: 30.
-        assert temporal.epochs == (50 if dataset == "cifar10" else 30)
+        assert temporal is not None  # E, ρ, c, the kept perturbation and the variability
+        # weight are pinned to the authors' configs in tests/test_recipe_values.py.
     else:
         assert isinstance(strategy, LinearScalarization) and temporal is None
 
@@ -203,4 +202,7 @@ def test_cifar_lt_recipes_train_a_few_steps(
     if crt is not None:
         assert crt.switched_at_epoch == 2 and cli.datamodule.class_balanced
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
-    assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
+    # Validation ran on one batch (limit_val_batches 1): its accuracy, recomputed.
+    predicted, labels = predictions_by_hand(cli.model, cli.datamodule.val_dataloader(), 1)
+    expected = (predicted == labels).double().mean().item()
+    assert float(cli.trainer.callback_metrics["val/acc"]) == pytest.approx(expected)

@@ -112,8 +112,19 @@ def test_plot_update_matches_the_authors_step_on_random_class_gradients(scale: s
         PLOT(scale="median")  # type: ignore[arg-type]
 
 
+VC_WEIGHT = 0.5  # large, so that a misplaced variability term shows in the step
+
+
+def spread_by_hand(per_sample: Tensor, y: Tensor) -> Tensor:
+    """PLOT's L_vc as the authors' train_cifar.py computes it: the mean over the classes with
+    two or more samples of torch.std of their losses."""
+    spreads = [per_sample[y == c].std() for c in sorted(set(y.tolist())) if int((y == c).sum()) > 1]
+    return torch.stack(spreads).mean()
+
+
 class LongTailNet(MultiObjectiveMixin, pl.LightningModule):
-    """body → layer3 → fc; PLOT balances layer3."""
+    """body → layer3 → fc; PLOT balances layer3. As in the authors' code, the variability
+    collapse joins the loss that trains the layers outside layer3, not the class gradients."""
 
     def __init__(self, strategy: object, lr: float = 1.0) -> None:
         super().__init__()
@@ -129,7 +140,8 @@ class LongTailNet(MultiObjectiveMixin, pl.LightningModule):
 
     def compute_perturbation_objectives(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         x, y = batch
-        return {"base": F.cross_entropy(self(x), y)}  # stands for the base method's (mixup) loss
+        per_sample = F.cross_entropy(self(x), y, reduction="none")  # the base method's losses
+        return {"base": per_sample.mean(), "vc": VC_WEIGHT * spread_by_hand(per_sample, y)}
 
     def compute_objectives(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         x, y = batch
@@ -142,11 +154,9 @@ class LongTailNet(MultiObjectiveMixin, pl.LightningModule):
 
 
 def class_objectives(per_sample: Tensor, y: Tensor, present: list[int]) -> dict[str, Tensor]:
-    """Per-class L_SAM + L_vc parts for the classes present: L_c + Std_c / K'."""
+    """Per-class L_SAM parts for the classes present: ``L_c = Σ_{i∈c} ℓ_i / B``."""
     split = per_class_objectives(per_sample, y, NUM_CLASSES)
-    spread = per_class_loss_std(per_sample, y, NUM_CLASSES)
-    measured = sum(1 for c in present if int((y == c).sum()) >= 2)
-    return {f"class_{c}": split[f"class_{c}"] + spread[c] / measured for c in present}
+    return {f"class_{c}": split[f"class_{c}"] for c in present}
 
 
 def _grads(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
@@ -163,7 +173,8 @@ def test_sharpness_aware_step_matches_the_procedure_by_hand(keep: float) -> None
 
     layer3 = list(reference.layer3.parameters())
     others = [*reference.body.parameters(), *reference.fc.parameters()]
-    base = F.cross_entropy(reference(INPUTS), LABELS)
+    per_sample = F.cross_entropy(reference(INPUTS), LABELS, reduction="none")
+    base = per_sample.mean() + VC_WEIGHT * spread_by_hand(per_sample, LABELS)
     g_scope, g_others = _grads(base, layer3), _grads(base, others)
     epsilon = rho * g_scope / g_scope.norm()
     perturbed = copy.deepcopy(reference)

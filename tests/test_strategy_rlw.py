@@ -2,40 +2,50 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from loss_strategy_harness import call, fit_tiny, logged_weights
+from scipy import stats
 from strategy_properties import check_rejected
 
-from lightning_mtl.strategies.base import step_generator
 from lightning_mtl.strategies.rlw import RLW
 
-CPU = torch.device("cpu")
+
+def _draws(rlw: RLW, steps: int = 1000, count: int = 3) -> torch.Tensor:
+    """``[steps, count]`` float64 weights of steps 0 … steps − 1."""
+    return torch.stack([call(rlw, [1.0] * count, step=step) for step in range(steps)]).double()
 
 
-def test_normal_weights_are_the_softmax_of_the_step_draw() -> None:
-    rlw = RLW(seed=11)
-    for step in (0, 1, 250):
-        draw = torch.randn(3, generator=step_generator(11, step, CPU))
-        torch.testing.assert_close(
-            call(rlw, [1.0, 2.0, 3.0], step=step), torch.softmax(draw, 0), rtol=0, atol=0
-        )
+def test_normal_weights_are_the_softmax_of_standard_normal_draws() -> None:
+    # softmax(z) = w, so log w_i − log w_j = z_i − z_j: for z ~ N(0, I) (the paper's default)
+    # the scaled difference is standard normal and the centred draws' squared norm is χ²(T − 1).
+    weights = _draws(RLW(seed=11))
+    logs = weights.log()
+    difference = ((logs[:, 0] - logs[:, 1]) / math.sqrt(2)).numpy()
+    assert stats.kstest(difference, "norm").pvalue > 1e-3
+    centred = logs - logs.mean(1, keepdim=True)
+    assert stats.kstest(centred.pow(2).sum(1).numpy(), stats.chi2(df=2).cdf).pvalue > 1e-3
     # Stateless: a fresh instance, as after a resume, draws what the running one draws.
+    rlw = RLW(seed=11)
     assert torch.equal(call(RLW(seed=11), [1.0] * 3, step=250), call(rlw, [1.0] * 3, step=250))
 
 
 def test_uniform_and_dirichlet_draws() -> None:
-    uniform = torch.rand(4, generator=step_generator(2, 9, CPU))
-    torch.testing.assert_close(
-        call(RLW("uniform", seed=2), [1.0] * 4, step=9), torch.softmax(uniform, 0)
-    )
-    # Dirichlet(1, …, 1): independent Exp(1) draws, normalised; then the softmax, as in the
-    # authors' code.
-    exponential = torch.empty(4).exponential_(generator=step_generator(2, 9, CPU))
-    simplex = exponential / exponential.sum()
-    torch.testing.assert_close(
-        call(RLW("dirichlet", seed=2), [1.0] * 4, step=9), torch.softmax(simplex, 0)
-    )
+    # Uniform on [0, 1]: z_i − z_j is triangular on [−1, 1], so no log-ratio exceeds 1.
+    logs = _draws(RLW("uniform", seed=2)).log()
+    difference = (logs[:, 0] - logs[:, 1]).numpy()
+    assert abs(difference).max() <= 1.0 + 1e-6
+    triangular = stats.triang(c=0.5, loc=-1.0, scale=2.0)
+    assert stats.kstest(difference, triangular.cdf).pvalue > 1e-3
+    # Dirichlet(1, 1, 1), then the softmax (the authors' code): the draw s is recovered as
+    # log w − mean(log w) + 1/T (it sums to 1); it lies on the simplex and s_0 ~ Beta(1, 2).
+    logs = _draws(RLW("dirichlet", seed=2)).log()
+    simplex = logs - logs.mean(1, keepdim=True) + 1 / 3
+    assert float(simplex.min()) >= -1e-5
+    torch.testing.assert_close(simplex.sum(1), torch.ones(len(simplex), dtype=torch.float64))
+    assert stats.kstest(simplex[:, 0].numpy(), stats.beta(1, 2).cdf).pvalue > 1e-3
 
 
 @pytest.mark.parametrize("distribution", ["normal", "uniform", "dirichlet"])
@@ -74,5 +84,6 @@ def test_argument_checks(kwargs: dict[str, object], message: str) -> None:
 def test_lightning_run_logs_the_last_step_draw() -> None:
     module = fit_tiny(RLW(seed=7), max_epochs=1)
     last_step = module.trainer.global_step - 1
-    draw = torch.randn(2, generator=step_generator(7, last_step, CPU))
-    torch.testing.assert_close(logged_weights(module), torch.softmax(draw, 0))
+    # The run's last weights are those of its last optimizer step, whatever came before.
+    torch.testing.assert_close(logged_weights(module), call(RLW(seed=7), [0.0, 0.0], last_step))
+    assert not torch.allclose(logged_weights(module), call(RLW(seed=7), [0.0, 0.0], last_step - 1))

@@ -137,6 +137,11 @@ class GradientBalancingStrategy(ABC):
     """Whether the strategy reads the objectives' values (``batch.losses``), so that
     :meth:`aggregate` needs them."""
 
+    needs_parameter_scope: ClassVar[bool] = False
+    """Whether the strategy keeps state in the coordinates of the balanced scope from step to
+    step (RGB's EMA direction), which only parameters keep: a representation scope's coordinates
+    are features of other samples at every step, so ``configure_balancing`` refuses it."""
+
     _init_arguments: dict[str, Any]
     _last_weights: tuple[tuple[str, ...], Tensor] | None = None
 

@@ -45,8 +45,10 @@ class PGI(LossWeighting):
     of the Trainer's run at that point.
 
     The paper gives no ``α_max`` and ``α_min``, only that "α is set to 0.35". Our defaults anneal
-    from 0.5 (the direction of the plain sum used during warm-up, so the switch is continuous)
-    down to the paper's 0.35. ``PGI(alpha=0.35)`` is the paper's constant setting.
+    from 0.5 (equal weights) down to the paper's 0.35. ``PGI(alpha=0.35)`` is the paper's
+    constant setting. ``L_s`` is the classification loss itself, not ``λ_cls·L_s``: we read the
+    paper's eq. 13 weight ``λ_cls`` as that of the plain sum PGI replaces after the warm-up
+    (see :class:`~lightning_mtl.tasks.gcd.GCDModule`, whose PGI recipes follow this reading).
 
     Args:
         supervised: name of the classification objective ``L_s``.

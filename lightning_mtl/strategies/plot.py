@@ -167,21 +167,22 @@ class PLOT(SharpnessAware):
     per-class gradients of a layer subset (:class:`PLOTCAGrad`), and the step anticipates the
     worst case with a SAM perturbation (:class:`~lightning_mtl.strategies.SharpnessAware`).
 
-    Use with objectives from :func:`~lightning_mtl.per_class_objectives` (optionally plus the
-    per-class variability-collapse terms of :mod:`lightning_mtl.tasks.long_tail.variability`), a
-    scope naming the layers PLOT balances (the paper's appendix: the last stage is best, e.g.
-    ``scope=["layer3"]`` on ResNet-32), and :class:`~lightning_mtl.callbacks.TemporalMOO` to stop
-    after ``E`` epochs. Each step then runs, in the mixin:
+    Use with objectives from :func:`~lightning_mtl.per_class_objectives`, a scope naming the
+    layers PLOT balances (the paper's appendix: the last stage is best, e.g. ``scope=["layer3"]``
+    on ResNet-32), and :class:`~lightning_mtl.callbacks.TemporalMOO` to stop after ``E`` epochs.
+    Each step then runs, in the mixin:
 
     1. the module's ``compute_perturbation_objectives`` (the base method's loss, e.g. on
-       mixed-up inputs); its gradient ``g`` trains the parameters outside the scope and sets the
-       perturbation ``ε = ρ g_scope / ‖g_scope‖`` of the scope (eq. 3–4);
-    2. ``compute_objectives`` at the perturbed weights (per-class objectives on the un-mixed
-       labels, ``L_moo = L_SAM + L_vc``); :class:`PLOTCAGrad` over their gradients ``g_c`` of
-       the scope (eq. 5);
+       mixed-up inputs, plus the weighted variability-collapse loss of
+       :mod:`lightning_mtl.tasks.long_tail.variability`, as the authors' code trains the layers
+       outside the scope on it; see :class:`~lightning_mtl.tasks.long_tail.LongTailClassifier`);
+       its gradient ``g`` trains the parameters outside the scope and sets the perturbation
+       ``ε = ρ g_scope / ‖g_scope‖`` of the scope (eq. 3–4);
+    2. ``compute_objectives`` at the perturbed weights (per-class objectives ``L_SAM`` on the
+       un-mixed labels); :class:`PLOTCAGrad` over their gradients ``g_c`` of the scope (eq. 5);
     3. the perturbation is undone — all of it by default as in the paper; ``keep_perturbation``
-       keeps a fraction, as the authors' code does (1.0 on CIFAR-10 IR50/IR100) — and the
-       optimizer steps.
+       keeps a fraction, as the authors' code does (``perturb_radius``: 1.0 on CIFAR-10-LT at
+       imbalance 50 and 100, 0.5 at 200, 0 on CIFAR-100-LT) — and the optimizer steps.
 
     Args:
         rho: SAM radius ``ρ`` (the paper searches {1e-3, 1e-4, 1e-5}; configs use 1e-4).

@@ -35,6 +35,13 @@ class RGB(GradientSurgery):
     device and without host synchronisation; the ``D``-dimensional work per step is one Gramian
     and three matrix-vector products. The final direction is ``Jᵀa + b d_t``.
 
+    **Parameter space only.** ``d_t`` is defined in parameter space (Algorithm 1): coordinate
+    ``k`` of ``d_{t−1}`` and of ``y`` is the same parameter at every step. With
+    ``scope="representation"`` the rows would be gradients with respect to a batch of features,
+    whose coordinates belong to different images at every step, so the EMA would average
+    unrelated quantities; ``configure_balancing`` refuses that combination
+    (:attr:`~lightning_mtl.strategies.GradientBalancingStrategy.needs_parameter_scope`).
+
     Choices where the paper is silent (it says only that the angles are found by "stochastic-
     gradient descent"):
 
@@ -73,6 +80,8 @@ class RGB(GradientSurgery):
         >>> rgb.aggregate(torch.tensor([[2.0, 0.0], [0.0, 5.0]]))
         tensor([0.5000, 0.5000])
     """
+
+    needs_parameter_scope = True
 
     state_fields = ("ema_direction", "previous_losses")
 

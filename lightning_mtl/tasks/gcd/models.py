@@ -22,7 +22,7 @@ from lightning_mtl.objectives import ObjectiveGroups
 from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.pgi import PGI
 from lightning_mtl.tasks.common.digits import DigitsEncoder
-from lightning_mtl.tasks.common.optim import sgd_with_cosine_decay
+from lightning_mtl.tasks.common.optim import WarmupCosine, sgd_with_cosine_decay
 from lightning_mtl.tasks.gcd.data.digits import digits_two_view_augment
 from lightning_mtl.tasks.gcd.eagc import EAGC, ReferenceAnchor
 from lightning_mtl.tasks.gcd.losses.distillation import self_distillation_loss, teacher_temperature
@@ -205,23 +205,39 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
       ``use_swav``. Under DDP the Sinkhorn sums are all-reduced, so the codes are balanced
       over the global batch, as in SwAV.
 
-    The groups (:func:`gcd_objective_groups`) are ``cls = {ce: λ_cls}`` and ``rep = {supcon: λ,
-    swav: λ, con: 1 − λ, cluster: 1 − λ}``. ``λ_cls = 0.35`` is from the PGI paper's §4.1;
-    ``λ = 0.35`` is SimGCD's ``sup_weight`` (the paper gives no separate value for the
-    representation mix).
+    The groups (:func:`gcd_objective_groups`) are ``cls = {ce: cls_weight}`` and ``rep = {supcon:
+    λ, swav: λ, con: 1 − λ, cluster: 1 − λ}``; ``λ = 0.35`` is SimGCD's ``sup_weight`` (the PGI
+    paper gives no separate value for the representation mix). With ``cls_weight = 0.35`` the
+    plain sum of the groups is SimGCD's loss (the SimGCD recipes).
+
+    **PGI, our reading of the paper.** Its eq. 13, ``L_overall = λ_cls·L_s + L_u`` with
+    ``λ_cls = 0.35``, is the loss of "standard gradient-based optimization" during the warm-up,
+    and eq. 2, ``α ∇L_s + (1 − α) ∇L_u``, replaces that weighting after it: ``L_s`` in eq. 2 is the
+    cross-entropy itself, not ``λ_cls·L_s`` (which would weigh it ``α·λ_cls ≈ 0.12``, a third of
+    SimGCD's 0.35, where the paper's table 5 reports PGI raising Base accuracy). The PGI recipes
+    therefore set ``cls_weight = 1`` and warm up on
+    ``LinearScalarization({"cls": 0.35})``. The warm-up of the paper's appendix A.2 also
+    "gradually increas[es] the learning rate": ``warmup_epochs`` ramps it linearly before the
+    cosine decay (the PGI recipes use the warm-up length of their
+    :class:`~lightning_mtl.callbacks.WarmupThenSwitch`).
 
     **EAGC** (the EAGC paper). With ``eagc`` set, the backbone features pass through
     :class:`~lightning_mtl.tasks.gcd.EAGC` (identity forward, edited feature gradient) against the
     anchor features of a frozen reference backbone
     (:class:`~lightning_mtl.tasks.gcd.ReferenceAnchor`, ``self.anchor``). The reference phase runs
     at the start of ``fit`` when the EAGC state is not initialised (a resumed run restores it from
-    the checkpoint and skips the phase): the backbone
-    and a linear head over the ``num_old`` labeled classes are trained with cross-entropy on the
-    labeled training samples (both views) for ``reference_epochs`` epochs with SGD
-    (``reference_lr``, momentum 0.9, ``weight_decay``), in float32, from the data module's
-    ``labeled_dataloader``; the anchor then takes a frozen copy of that backbone, the main
-    backbone goes on from the same weights (as in the authors' code), and ``C`` and ``μ`` are
-    computed from the anchor features of all labeled images (first view).
+    the checkpoint and skips the phase), as in the authors' ``methods/SimGCD.py``: the backbone
+    and a cosine classifier over the ``num_old`` labeled classes (logits = cosines / 0.1, the
+    last layer of SimGCD's head) are trained with cross-entropy on the labeled training samples
+    (both views, batches of ``reference_batch_size``) for ``reference_epochs`` epochs with SGD
+    (``reference_lr`` cosine-annealed to 1e-3 of it, momentum 0.9, ``reference_weight_decay``),
+    in float32, from the data module's ``labeled_dataloader``; the anchor then takes a frozen
+    copy of that backbone, the main backbone goes on from the same weights, and ``C`` and ``μ``
+    are computed from the anchor features of all labeled images under the evaluation transform
+    (``labeled_dataloader(augment=False)``). The authors' main phase also puts a
+    ``Linear(D, D) + ReLU`` between the backbone and the heads and trains the heads at ten times
+    the backbone's rate: ``feature_adapter`` and ``head_lr`` (the EAGC recipes set both; EAGC
+    edits the gradient of the backbone's output, before the adapter).
     Under DDP every process trains the reference on the whole labeled set from the same seed and
     rank 0's backbone is then broadcast, so all processes start equal.
 
@@ -248,7 +264,7 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
             ``num_features``; ignored then).
         projection_hidden_dim: hidden width of the projection head (SimGCD: 2048).
         projection_dim: output width of the projection head (SimGCD: 256).
-        cls_weight: ``λ_cls``, the weight of ``ce`` in ``cls``.
+        cls_weight: the weight of ``ce`` in ``cls`` (SimGCD: 0.35; 1 under PGI, see above).
         sup_weight: ``λ``, the supervised share of ``rep``.
         use_swav: include the SwAV loss in ``rep``.
         swav_mask: the rows whose SwAV terms count: ``"labeled"``, ``"unlabeled"`` or ``"all"``.
@@ -263,11 +279,21 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         eagc: an :class:`~lightning_mtl.tasks.gcd.EAGC` (its ``feature_dim`` must match), or
             ``None``.
         reference_epochs: epochs of EAGC's reference phase (>= 1 when ``eagc`` is set).
-        reference_lr: SGD learning rate of the reference phase.
+        reference_lr: SGD learning rate of the reference phase (EAGC's scripts: 0.02).
+        reference_batch_size: batch size of the reference phase (EAGC's scripts: 32); ``None``:
+            the data module's.
+        reference_weight_decay: SGD weight decay of the reference phase (EAGC's code: 1e-4).
+        feature_adapter: a ``Linear(D, D) + ReLU`` between the backbone and the heads (EAGC's
+            code, ``projection_head_nlayers 1``).
         lr: SGD learning rate (momentum 0.9, cosine-decayed per epoch).
+        head_lr: learning rate of the heads (classifier, projection head, adapter); ``None``:
+            ``lr`` (EAGC's scripts: 1.0 against the backbone's 0.1). The cosine decay ends at
+            ``final_lr_ratio · head_lr`` for every parameter, as the authors' single ``eta_min``.
         weight_decay: SGD weight decay.
         final_lr_ratio: the learning rate at the end of the cosine decay, as a fraction of
             ``lr`` (SimGCD: 1e-3; the embedded recipes keep 1%).
+        warmup_epochs: epochs of linear learning-rate warm-up before the cosine decay (the PGI
+            paper's appendix A.2; 0: none).
         seed: seed of the per-step digits augmentation.
 
     Example::
@@ -311,9 +337,14 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         eagc: EAGC | None = None,
         reference_epochs: int = 10,
         reference_lr: float = 0.05,
+        reference_batch_size: int | None = None,
+        reference_weight_decay: float = 1e-4,
+        feature_adapter: bool = False,
         lr: float = 0.05,
+        head_lr: float | None = None,
         weight_decay: float = 5e-5,
         final_lr_ratio: float = 0.01,
+        warmup_epochs: int = 0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -324,6 +355,14 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
             raise ValueError(
                 f"swav_mask must be 'labeled', 'unlabeled' or 'all'; got {swav_mask!r}."
             )
+        if head_lr is not None and not head_lr > 0:
+            raise ValueError(f"head_lr must be positive or None; got {head_lr}.")
+        if reference_batch_size is not None and reference_batch_size < 1:
+            raise ValueError(
+                f"reference_batch_size must be >= 1 or None; got {reference_batch_size}."
+            )
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0; got {warmup_epochs}.")
         if swav_prototypes not in ("classifier", "separate"):
             raise ValueError(
                 f"swav_prototypes must be 'classifier' or 'separate'; got {swav_prototypes!r}."
@@ -335,6 +374,11 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
                 backbone = timm_backbone(backbone, backbone_weights, trainable_blocks)
                 feature_dim = int(backbone.num_features)
         self.backbone = backbone
+        self.adapter: nn.Module = (
+            nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU())
+            if feature_adapter
+            else nn.Identity()
+        )
         self.projector = ProjectionHead(feature_dim, projection_hidden_dim, projection_dim)
         self.prototypes = nn.Linear(feature_dim, num_classes, bias=False)
         self.swav_prototypes: nn.Linear | None = None
@@ -367,7 +411,7 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Classifier logits (cosines / 0.1) of ``images``, ``[B, num_classes]``."""
-        return self.cosine_scores(self.backbone(images)) * _LOGIT_SCALE
+        return self.cosine_scores(self.adapter(self.backbone(images))) * _LOGIT_SCALE
 
     def two_views(self, images: Tensor) -> Tensor:
         """``[2·B, …]``: view 1 of every image, then view 2 (see the class docstring)."""
@@ -389,6 +433,7 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         features = self.backbone(views)
         if self.eagc is not None and self.anchor is not None:
             features = self.eagc(features, self.anchor(views), mask2)
+        features = self.adapter(features)
         scores = self.cosine_scores(features)  # [2B, K], view-major
         weight = mask2.to(scores.dtype)
 
@@ -438,13 +483,17 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
                 raise ValueError(
                     "EAGC's reference phase needs a GCD data module with labeled_dataloader()."
                 )
-            self.train_reference(loader(shuffle=True), self.hparams.reference_epochs)
-            self.initialise_eagc(loader(shuffle=False))
+            hp = self.hparams
+            self.train_reference(
+                loader(batch_size=hp.reference_batch_size, shuffle=True), hp.reference_epochs
+            )
+            self.initialise_eagc(loader(shuffle=False, augment=False))
 
     def train_reference(self, labeled: Any, epochs: int) -> None:
-        """Train the backbone and a linear head over the old classes with cross-entropy on the
-        labeled batches ``labeled`` (``(images, labels, is_labeled)``, both views), then freeze
-        a copy of the backbone into ``self.anchor``. A progress bar shows the phase when the
+        """Train the backbone and a cosine classifier over the old classes with cross-entropy on
+        the labeled batches ``labeled`` (``(images, labels, is_labeled)``, both views) under a
+        cosine-annealed learning rate (see the class docstring), then freeze a copy of the
+        backbone into ``self.anchor``. A progress bar shows the phase when the
         Trainer has one; otherwise each epoch's mean cross-entropy is logged.
 
         Args:
@@ -454,13 +503,17 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         if self.anchor is None:
             raise RuntimeError("train_reference needs a model built with `eagc`.")
         hp = self.hparams
-        head = nn.Linear(self.prototypes.in_features, max(hp.num_old, 1)).to(self.device)
+        head = nn.Linear(self.prototypes.in_features, max(hp.num_old, 1), bias=False)
+        head = head.to(self.device)
         parameters = [p for p in self.backbone.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             [*parameters, *head.parameters()],
             lr=hp.reference_lr,
             momentum=0.9,
-            weight_decay=hp.weight_decay,
+            weight_decay=hp.reference_weight_decay,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, WarmupCosine(0, max(epochs, 1), final_ratio=1e-3)
         )
         self.backbone.train()
         show = self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None
@@ -473,13 +526,15 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
                 total, batches = torch.zeros((), device=self.device), 0
                 for batch in labeled:
                     images, labels, _ = self.transfer_batch_to_device(batch, self.device, 0)
-                    logits = head(self.backbone(self.two_views(images)))
+                    features = F.normalize(self.backbone(self.two_views(images)), dim=-1)
+                    logits = F.linear(features, F.normalize(head.weight, dim=-1)) * _LOGIT_SCALE
                     loss = F.cross_entropy(logits, labels.repeat(2))
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     total, batches = total + loss.detach(), batches + 1
                     progress.advance(bar)
+                schedule.step()
                 # Once per reference epoch, outside the training loop: the user's read-out.
                 mean = float(total) / max(batches, 1)
                 report = f"EAGC reference phase: epoch {epoch + 1}/{epochs}, ce {mean:.4f}"
@@ -495,14 +550,13 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
     @torch.no_grad()
     def initialise_eagc(self, labeled: Any) -> None:
         """Compute EAGC's ``C`` and ``μ`` from the anchor features of the labeled batches
-        (first view of each image)."""
+        (``[B, C, H, W]`` images, as ``labeled_dataloader(augment=False)`` gives them)."""
         if self.eagc is None or self.anchor is None:
             raise RuntimeError("initialise_eagc needs a model built with `eagc`.")
         features = []
         for batch in labeled:
             images, _, _ = self.transfer_batch_to_device(batch, self.device, 0)
-            first_view = images[:, 0] if images.dim() == 5 else images
-            features.append(self.anchor(first_view).float())
+            features.append(self.anchor(images).float())
         self.eagc.initialise(torch.cat(features))
 
     # --- evaluation ------------------------------------------------------------------------
@@ -529,7 +583,21 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        return sgd_with_cosine_decay(self, hp.lr, hp.weight_decay, final_lr_ratio=hp.final_lr_ratio)
+        head_lr = hp.lr if hp.head_lr is None else hp.head_lr
+        heads = [self.adapter, self.projector, self.prototypes, self.swav_prototypes]
+        head_ids = {id(p) for head in heads if head is not None for p in head.parameters()}
+        groups = [
+            {"params": [p for p in self.parameters() if id(p) not in head_ids], "lr": hp.lr},
+            {"params": [p for p in self.parameters() if id(p) in head_ids], "lr": head_lr},
+        ]
+        return sgd_with_cosine_decay(
+            self,
+            head_lr,
+            hp.weight_decay,
+            final_lr_ratio=hp.final_lr_ratio,
+            warmup_epochs=hp.warmup_epochs,
+            parameters=groups,
+        )
 
 
 class DigitsMultiObjective(MultiObjectiveMixin, pl.LightningModule):

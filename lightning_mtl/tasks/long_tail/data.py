@@ -457,8 +457,11 @@ class DigitsLongTailDataModule(_LongTailDataModule):
     first :func:`long_tail_counts` ``(max_per_class, 10, imbalance_ratio)`` images of class ``c``
     form the training set (class 0 is the head); after :meth:`setup`, ``train_indices`` and
     ``val_indices`` hold the chosen positions in ``load_digits`` order. The test set is the
-    validation set. Images are ``[1, 8, 8]`` float32 in ``[0, 1]``. Nothing is downloaded; a recipe
-    on it runs in minutes on a CPU. Ratios of 10–50 give a visible Many/Medium/Few split with the
+    validation set unless ``test_per_class > 0``: then the next ``test_per_class`` images of
+    every class form a separate balanced test set (``test_indices``), so that hyper-parameters
+    chosen on the validation set are scored on images not used for the choice. Images are
+    ``[1, 8, 8]`` float32 in ``[0, 1]``. Nothing is downloaded; a recipe on it runs in minutes
+    on a CPU. Ratios of 10–50 give a visible Many/Medium/Few split with the
     defaults; at ρ = 20 the CIFAR thresholds (> 100 many, < 20 few) leave a single many-shot
     class, so pass e.g. ``many_threshold=60, few_threshold=15`` to ``LongTailAccuracy`` for a
     3 / 4 / 3 split.
@@ -469,6 +472,8 @@ class DigitsLongTailDataModule(_LongTailDataModule):
         class_balanced: Sample classes uniformly (cRT) instead of instances.
         max_per_class: Head-class size; at most ``174 − val_per_class``.
         val_per_class: Validation images per class (>= 1).
+        test_per_class: Test images per class apart from the validation ones (0: the test set is
+            the validation set); ``max_per_class + val_per_class + test_per_class`` is at most 174.
         num_workers: DataLoader worker processes.
         seed: Seed of the shuffle and of the training sampler.
         drop_last: Drop the last incomplete training batch.
@@ -499,14 +504,17 @@ class DigitsLongTailDataModule(_LongTailDataModule):
         num_workers: int = 0,
         seed: int = 0,
         drop_last: bool = False,
+        test_per_class: int = 0,
     ) -> None:
         super().__init__()
         _check_loader_args(batch_size, num_workers, seed)
         check_int("val_per_class", val_per_class, 1)
+        check_int("test_per_class", test_per_class, 0)
         check_int("max_per_class", max_per_class, 1)
-        if max_per_class + val_per_class > self._SMALLEST_CLASS:
+        if max_per_class + val_per_class + test_per_class > self._SMALLEST_CLASS:
             raise ValueError(
-                f"max_per_class + val_per_class = {max_per_class + val_per_class} exceeds the "
+                f"max_per_class + val_per_class + test_per_class = "
+                f"{max_per_class + val_per_class + test_per_class} exceeds the "
                 f"{self._SMALLEST_CLASS} images of the smallest digits class."
             )
         self._class_counts = long_tail_counts(max_per_class, 10, imbalance_ratio)
@@ -515,6 +523,7 @@ class DigitsLongTailDataModule(_LongTailDataModule):
         self.batch_size = batch_size
         self.class_balanced = class_balanced
         self.val_per_class = val_per_class
+        self.test_per_class = test_per_class
         self.num_workers = num_workers
         self.seed = seed
         self.drop_last = drop_last
@@ -523,6 +532,7 @@ class DigitsLongTailDataModule(_LongTailDataModule):
         self.test_dataset: TensorDataset | None = None
         self.train_indices: np.ndarray | None = None
         self.val_indices: np.ndarray | None = None
+        self.test_indices: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -554,12 +564,17 @@ class DigitsLongTailDataModule(_LongTailDataModule):
         images, labels = images[perm], labels[perm].astype(np.int64)
         val_idx = long_tail_indices(labels, [self.val_per_class] * 10)
         rest = np.setdiff1d(np.arange(labels.size), val_idx)  # sorted: keeps the shuffled order
+        test_idx = rest[long_tail_indices(labels[rest], [self.test_per_class] * 10)]
+        rest = np.setdiff1d(rest, test_idx)
         train_idx = rest[long_tail_indices(labels[rest], self._class_counts)]
         # Positions in load_digits' order, kept so the split can be inspected and reproduced.
         self.train_indices, self.val_indices = perm[train_idx], perm[val_idx]
         self.train_dataset = _digits_dataset(images[train_idx], labels[train_idx])
         self.val_dataset = _digits_dataset(images[val_idx], labels[val_idx])
         self.test_dataset = self.val_dataset
+        if self.test_per_class:
+            self.test_indices = perm[test_idx]
+            self.test_dataset = _digits_dataset(images[test_idx], labels[test_idx])
 
     def train_sampler(self, dataset: Dataset) -> Sampler[int]:
         """Instance-uniform (epoch-seeded) or class-balanced: a :class:`LongTailTrainSampler`

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mtl.cli import MultiObjectiveCLI
 from lightning_mtl.objectives import Objectives
-from lightning_mtl.strategies import RGB
+from lightning_mtl.strategies import RGB, LinearScalarization
 from lightning_mtl.tasks.multitask import delta_m
 from lightning_mtl.tasks.multitask.data.celeba import CELEBA_ATTRIBUTES
 from lightning_mtl.tasks.multitask.models.celeba import BinaryTaskScores, CelebAMultiTask
@@ -69,18 +69,25 @@ def brightness_attributes(count: int, seed: int = 0) -> tuple[Tensor, Tensor]:
 def test_celeba_objectives_are_named_by_attribute() -> None:
     model = CelebAMultiTask(trunk="small", width=4)
     images, targets = brightness_attributes(4)
-    output = model.compute_objectives((images, targets), 0)
-    assert isinstance(output, Objectives) and output.representation is not None
-    assert list(output.losses) == list(CELEBA_ATTRIBUTES)
-    assert output.representation.shape == (4, 32)
-    for loss in output.losses.values():
+    losses = model.compute_objectives((images, targets), 0)
+    assert list(_losses(losses)) == list(CELEBA_ATTRIBUTES)
+    for loss in _losses(losses).values():
         assert loss.ndim == 0 and torch.isfinite(loss) and loss.requires_grad
-    # The paper's CelebA setting is the default strategy.
+    # The paper's CelebA setting is the default strategy, on the trunk's parameters.
     strategy = model.balancing_strategy
     assert isinstance(strategy, RGB)
     assert (strategy.alpha_steps, strategy.proximity_weight) == (50, 1.0)
-    shared = CelebAMultiTask(trunk="small", width=4, scope="shared")
-    assert list(_losses(shared.compute_objectives((images, targets), 0))) == list(CELEBA_ATTRIBUTES)
+    assert model.balancing_scope == "shared"
+    on_features = CelebAMultiTask(
+        trunk="small", width=4, scope="representation", strategy=LinearScalarization()
+    )
+    output = on_features.compute_objectives((images, targets), 0)
+    assert isinstance(output, Objectives) and output.representation is not None
+    assert output.representation.shape == (4, 32)
+    # RGB's EMA direction lives in parameter space: feature gradients of different images would
+    # be averaged from step to step.
+    with pytest.raises(ValueError, match="keeps state in the coordinates of the balanced scope"):
+        CelebAMultiTask(trunk="small", width=4, scope="representation")
 
 
 def test_celeba_rgb_fit_learns_and_changes_the_trunk() -> None:
@@ -178,7 +185,11 @@ def test_nyuv2_objectives_and_outputs() -> None:
     strategy = model.balancing_strategy
     assert isinstance(strategy, RGB)
     assert (strategy.alpha_steps, strategy.proximity_weight) == (5, 0.0)
-    on_features = NYUv2MultiTask(backbone="small", width=4, scope="representation")
+    with pytest.raises(ValueError, match="keeps state in the coordinates of the balanced scope"):
+        NYUv2MultiTask(backbone="small", width=4, scope="representation")
+    on_features = NYUv2MultiTask(
+        backbone="small", width=4, scope="representation", strategy=LinearScalarization()
+    )
     output = on_features.compute_objectives(batch, 0)
     assert isinstance(output, Objectives) and output.representation is not None
     assert output.representation.shape == (2, 8, 4, 6)

@@ -386,7 +386,7 @@ class _GCDTrainSet(Dataset):
 
 
 class _GCDEvalSet(Dataset):
-    """The unlabeled training samples as ``(image, GCD label, is_old)``, unaugmented."""
+    """The images at ``indices`` as ``(image, GCD label, is_old)``, unaugmented."""
 
     def __init__(
         self,
@@ -411,6 +411,16 @@ class _GCDEvalSet(Dataset):
         return image, self.labels[position], self.is_old[position]
 
 
+class _Reindexed:
+    """The image getter of a subset: item ``i`` is ``images(positions[i])``."""
+
+    def __init__(self, images: Callable[[int], Any], positions: np.ndarray) -> None:
+        self.images, self.positions = images, positions
+
+    def __call__(self, index: int) -> Any:
+        return self.images(int(self.positions[index]))
+
+
 class GCDDataModule(SplitDataModule, ABC):
     """Base of the GCD data modules: split, balanced training sampler, transductive evaluation.
 
@@ -421,8 +431,11 @@ class GCDDataModule(SplitDataModule, ABC):
     * ``train_dataset``: every training sample as ``(x, label, is_labeled)``, where ``x`` is
       ``[2, C, H, W]`` (two augmented views) when a training transform is set, else the raw image;
       ``label`` is the renumbered class for every sample (use it only where ``is_labeled``);
-    * ``val_dataset`` = ``test_dataset``: the unlabeled training samples, unaugmented, as
-      ``(image, label, is_old)`` — the set the GCD accuracy is reported on.
+    * ``test_dataset``: the unlabeled training samples, unaugmented, as ``(image, label,
+      is_old)`` — the set the GCD accuracy is reported on;
+    * ``val_dataset``: the same set, or with ``holdout_fraction > 0`` the held-out images (that
+      fraction of every class, seeded, never trained on), scored the same way: a validation set
+      for choosing hyper-parameters apart from the reported one.
 
     Training draws from :class:`BalancedLabeledSampler` (``num_samples`` = training-set size).
     :meth:`labeled_dataloader` iterates the labeled training samples alone.
@@ -434,6 +447,8 @@ class GCDDataModule(SplitDataModule, ABC):
         num_workers: DataLoader worker processes (>= 0).
         seed: Seed of the split and of the training sampler.
         drop_last: Drop the last incomplete training batch.
+        holdout_fraction: Fraction of every class held out of training as the validation set,
+            in ``[0, 1)``; 0 validates on the reported (unlabeled training) samples.
     """
 
     def __init__(
@@ -444,6 +459,7 @@ class GCDDataModule(SplitDataModule, ABC):
         num_workers: int = 0,
         seed: int = 0,
         drop_last: bool = True,
+        holdout_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         check_int("batch_size", batch_size, 1)
@@ -451,6 +467,9 @@ class GCDDataModule(SplitDataModule, ABC):
         check_int("seed", seed, 0)
         if not (isinstance(labeled_fraction, int | float) and 0.0 < labeled_fraction <= 1.0):
             raise ValueError(f"`labeled_fraction` must be in (0, 1], got {labeled_fraction!r}.")
+        if not 0.0 <= holdout_fraction < 1.0:
+            raise ValueError(f"`holdout_fraction` must be in [0, 1), got {holdout_fraction!r}.")
+        self.holdout_fraction = holdout_fraction
         self.old_classes = [int(c) for c in old_classes]
         self.labeled_fraction = labeled_fraction
         self.batch_size = batch_size
@@ -462,6 +481,7 @@ class GCDDataModule(SplitDataModule, ABC):
         self.train_dataset: _GCDTrainSet | None = None
         self.val_dataset: _GCDEvalSet | None = None
         self.test_dataset: _GCDEvalSet | None = None
+        self.labeled_eval_dataset: _GCDEvalSet | None = None
 
     @property
     def num_old(self) -> int:
@@ -489,25 +509,52 @@ class GCDDataModule(SplitDataModule, ABC):
         if self.train_dataset is not None:
             return
         images, targets = self._load()
-        split = gcd_split(targets, self.old_classes, self.labeled_fraction, self.seed)
-        labels = split.remap(targets)
+        targets = labels_array(targets)
+        held_out = self._holdout_positions(targets)
+        kept = np.setdiff1d(np.arange(targets.size), held_out)
+        train_images = images if held_out.size == 0 else _Reindexed(images, kept)
+        split = gcd_split(targets[kept], self.old_classes, self.labeled_fraction, self.seed)
+        labels = split.remap(targets[kept])
         self.split, self.train_targets = split, labels
         self.train_dataset = _GCDTrainSet(
-            images, labels, split.labeled_mask(), self._train_transform()
+            train_images, labels, split.labeled_mask(), self._train_transform()
         )
-        self.val_dataset = _GCDEvalSet(
-            images, split.unlabeled_indices, labels, split.num_old, self._eval_transform()
+        evaluate = self._eval_transform()
+        self.test_dataset = _GCDEvalSet(
+            train_images, split.unlabeled_indices, labels, split.num_old, evaluate
         )
-        self.test_dataset = self.val_dataset
+        self.val_dataset = self.test_dataset
+        if held_out.size:
+            self.val_dataset = _GCDEvalSet(
+                images, held_out, split.remap(targets), split.num_old, evaluate
+            )
+        self.labeled_eval_dataset = _GCDEvalSet(
+            train_images, split.labeled_indices, labels, split.num_old, evaluate
+        )
+
+    def _holdout_positions(self, targets: np.ndarray) -> np.ndarray:
+        """Sorted positions of the held-out images: ``round(holdout_fraction · n_c)`` of every
+        class ``c``, drawn with a generator seeded by ``seed`` (none when the fraction is 0)."""
+        if self.holdout_fraction == 0:
+            return np.empty(0, dtype=np.int64)
+        generator = np.random.default_rng(self.seed)
+        chosen = []
+        for label in np.unique(targets):
+            members = np.flatnonzero(targets == label)
+            count = round(self.holdout_fraction * members.size)
+            chosen.append(generator.choice(members, size=count, replace=False))
+        return np.sort(np.concatenate(chosen)).astype(np.int64)
 
     def labeled_dataloader(
-        self, batch_size: int | None = None, shuffle: bool = False
+        self, batch_size: int | None = None, shuffle: bool = False, augment: bool = True
     ) -> DataLoader:
         """A loader over the labeled training samples only (``split.labeled_indices``).
 
         Items are exactly those of ``train_dataset`` at the labeled indices, ``(x, label,
         is_labeled)`` (so ``x`` holds the two augmented views when a training transform is set,
-        and ``is_labeled`` is always True); without ``shuffle`` they come in ascending index order.
+        and ``is_labeled`` is always True); with ``augment=False``, ``x`` is the image under the
+        evaluation transform instead (EAGC's conceptor is built on such features in the authors'
+        code). Without ``shuffle`` they come in ascending index order.
         Meant for work on the labeled part alone, e.g. pre-training a reference model or
         collecting features of the labeled images. Every batch is kept (no ``drop_last``). The
         shuffled order comes from a generator seeded with ``seed`` when the loader is built:
@@ -516,6 +563,7 @@ class GCDDataModule(SplitDataModule, ABC):
         Args:
             batch_size: Samples per batch (>= 1); ``None`` means :attr:`batch_size`.
             shuffle: Shuffle the labeled samples.
+            augment: The training transform's two views (default) or the evaluation transform.
 
         Returns:
             The :class:`~torch.utils.data.DataLoader`.
@@ -541,7 +589,10 @@ class GCDDataModule(SplitDataModule, ABC):
         if shuffle:
             generator = torch.Generator()
             generator.manual_seed(self.seed)
-        labeled = Subset(self.train_dataset, self.split.labeled_indices.tolist())
+        labeled: Dataset = Subset(self.train_dataset, self.split.labeled_indices.tolist())
+        if not augment:
+            assert self.labeled_eval_dataset is not None
+            labeled = self.labeled_eval_dataset
         return DataLoader(
             labeled,
             batch_size=size,
@@ -573,6 +624,8 @@ class DigitsGCDDataModule(GCDDataModule):
         batch_size: Samples per batch (>= 1).
         num_workers: DataLoader worker processes (>= 0).
         seed: Seed of the split and of the training sampler.
+        holdout_fraction: Fraction of every class held out as the validation set (see
+            :class:`GCDDataModule`); 0 (default) trains on all 1797 images.
 
     Example::
 
@@ -591,9 +644,15 @@ class DigitsGCDDataModule(GCDDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
+        holdout_fraction: float = 0.0,
     ) -> None:
         super().__init__(
-            range(_DEFAULT_NUM_OLD["digits"]), labeled_fraction, batch_size, num_workers, seed
+            range(_DEFAULT_NUM_OLD["digits"]),
+            labeled_fraction,
+            batch_size,
+            num_workers,
+            seed,
+            holdout_fraction=holdout_fraction,
         )
         self.save_hyperparameters()
 

@@ -26,7 +26,7 @@ _MAX_PIXEL = 16.0
 _VAL_FRACTION = 0.2
 # Distinct streams for the two splits' composites, so that changing one size leaves the other
 # split's composites unchanged.
-_TRAIN_STREAM, _VAL_STREAM = 0, 1
+_TRAIN_STREAM, _VAL_STREAM, _TEST_STREAM = 0, 1, 2
 
 
 def compose_side_by_side(images: Tensor, sources: Tensor) -> Tensor:
@@ -72,8 +72,10 @@ class MultiDigitsDataModule(SplitDataModule):
     uniformly, with replacement, from that split's pool only, from a generator seeded with
     ``seed``: the same seed gives the same composites, and no digit image is shared between
     splits. Images are float32 in ``[0, 1]`` of shape ``[1, 8, 8·num_tasks]``; labels are int64
-    ``[num_tasks]``. The test split is the validation split (the data set is too small for three
-    useful splits), so test metrics equal validation metrics.
+    ``[num_tasks]``. The test split is the validation split, so test metrics equal validation
+    metrics, unless ``test_size > 0``: then the validation pool is halved (stratified) and the
+    test composites are drawn from the other half, to score hyper-parameters chosen on the
+    validation split on digits not used for the choice.
 
     The train loader draws its order from :class:`EpochSeededRandomSampler` (seeded with
     ``seed``) and drops the last incomplete batch; validation and test loaders are not shuffled.
@@ -86,6 +88,8 @@ class MultiDigitsDataModule(SplitDataModule):
         batch_size: samples per batch (≥ 1).
         train_size: number of train composites (≥ ``batch_size``, since the tail is dropped).
         val_size: number of validation composites (≥ 1).
+        test_size: number of test composites apart from the validation ones (0: the test split
+            is the validation split).
         seed: random state of the split, of the composites and of the train sampler (≥ 0).
         num_workers: DataLoader worker processes (≥ 0).
 
@@ -111,12 +115,14 @@ class MultiDigitsDataModule(SplitDataModule):
         val_size: int = 600,
         seed: int = 0,
         num_workers: int = 0,
+        test_size: int = 0,
     ) -> None:
         super().__init__()
         for name, value, low in (
             ("num_tasks", num_tasks, 2),
             ("batch_size", batch_size, 1),
             ("val_size", val_size, 1),
+            ("test_size", test_size, 0),
             ("seed", seed, 0),
             ("num_workers", num_workers, 0),
         ):
@@ -134,6 +140,7 @@ class MultiDigitsDataModule(SplitDataModule):
         self.batch_size = batch_size
         self.train_size = train_size
         self.val_size = val_size
+        self.test_size = test_size
         self.seed = seed
         self.num_workers = num_workers
         self.train_dataset: TensorDataset | None = None
@@ -186,6 +193,10 @@ class MultiDigitsDataModule(SplitDataModule):
         images = torch.from_numpy(pixels / _MAX_PIXEL).to(torch.float32)
         images = images.reshape(-1, _IMAGE_SIDE, _IMAGE_SIDE)
         targets = torch.from_numpy(labels).to(torch.int64)
+        if self.test_size:
+            val_pool, test_pool = train_test_split(
+                val_pool, test_size=0.5, stratify=labels[val_pool], random_state=self.seed
+            )
         self.train_sources = _draw_sources(
             train_pool, self.train_size, self.num_tasks, self.seed, _TRAIN_STREAM
         )
@@ -199,3 +210,10 @@ class MultiDigitsDataModule(SplitDataModule):
             compose_side_by_side(images, self.val_sources), targets[self.val_sources]
         )
         self.test_dataset = self.val_dataset
+        if self.test_size:
+            test_sources = _draw_sources(
+                test_pool, self.test_size, self.num_tasks, self.seed, _TEST_STREAM
+            )
+            self.test_dataset = TensorDataset(
+                compose_side_by_side(images, test_sources), targets[test_sources]
+            )
