@@ -83,7 +83,7 @@ CONFIGS = (
     "torchjd",
 )
 PRECISIONS = ("bf16-mixed", "32-true", "16-mixed")
-JACOBIAN_FORMS = ("auto", "loop", "batched", "func")
+JACOBIAN_FORMS = ("auto", "measure", "loop", "batched", "func")
 NUM_CLASSES = 10
 LR = 0.01
 MOMENTUM = 0.9

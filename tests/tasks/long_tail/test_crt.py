@@ -170,3 +170,24 @@ def test_checks_and_plain_values() -> None:
         )
     with pytest.raises(TypeError, match="class_balanced"):
         make_trainer(max_epochs=1, callbacks=[ClassifierRetraining(1)]).fit(model, loader)
+
+
+def test_two_instances_keep_their_own_state_through_a_checkpoint(
+    tmp_path: Path, single_thread: None
+) -> None:
+    """Two re-training stages in one Trainer (the second re-initialises nothing): each is keyed
+    by its own arguments, so each restores its own switch."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", every_n_epochs=1)
+    first = ClassifierRetraining(epoch=1, lr=0.02)
+    second = ClassifierRetraining(epoch=2, reinit=False, lr=0.01)
+    assert first.state_key != second.state_key
+    fit(make_model(), 3, [first, second, checkpoints], enable_checkpointing=True)
+    assert (first.switched_at_epoch, second.switched_at_epoch) == (1, 2)
+
+    again = [ClassifierRetraining(epoch=1, lr=0.02), ClassifierRetraining(2, reinit=False, lr=0.01)]
+    fit(make_model(seed=5), 3, again, ckpt_path=str(tmp_path / "epoch=2.ckpt"))
+    assert [callback.switched_at_epoch for callback in again] == [1, 2]
+    assert [callback.switched_at_step for callback in again] == [
+        first.switched_at_step,
+        second.switched_at_step,
+    ]
