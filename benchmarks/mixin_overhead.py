@@ -60,11 +60,13 @@ class Plain(pl.LightningModule):
 
 
 class Mixin(MultiObjectiveMixin, pl.LightningModule):
-    def __init__(self, tasks: int, pgi: bool, strategy: Any = None) -> None:
+    def __init__(
+        self, tasks: int, pgi: bool, strategy: Any = None, jacobian_form: str = "auto"
+    ) -> None:
         super().__init__()
         self.net = Heads(tasks)
         if strategy is not None:
-            self.configure_balancing(strategy)
+            self.configure_balancing(strategy, jacobian_form=jacobian_form)
         elif pgi:
             rest = {f"task{i}": 1.0 for i in range(1, tasks)}
             self.configure_balancing(PGI(), groups={"cls": {"task0": 1.0}, "rep": rest})
@@ -110,6 +112,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 40])
     parser.add_argument("--strategies", nargs="+", default=[], help="catalogue strategy names")
     parser.add_argument("--angles", action="store_true", help="LS with angles every step")
+    parser.add_argument(
+        "--jacobian-form", default="auto", help="the strategies' jacobian_form (see the engine)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.angles:
@@ -128,7 +133,8 @@ def main() -> None:
         print("|---|---|---|")
         for name in args.strategies:
             for tasks in args.tasks:
-                module = Mixin(tasks, False, getattr(catalogue, name)())
+                strategy = getattr(catalogue, name)()
+                module = Mixin(tasks, False, strategy, args.jacobian_form)
                 print(f"| {name} | {tasks} | {median_ms(module):.2f} |", flush=True)
         return
     print("| T | plain ms | mixin + LS ms | mixin + PGI ms |")

@@ -19,8 +19,8 @@ GradVac keep state between calls, as they do in training.
 
 ``--compare`` times, in one run on the CPU with one thread (``torch.set_num_threads(1)`` and
 one BLAS thread through ``threadpoolctl``), the median of ``--repeats`` (default 15) calls on a
-random float32 ``[T, --columns]`` Jacobian (default 2000 columns) for each method of
-``COMPARED``:
+random float32 ``[T, --columns]`` Jacobian (default 2000 columns; ``COMPARED_JACOBIANS`` of
+them, taken in turn, one per call) for each method of ``COMPARED``:
 
 * ``host``: the solve alone, the strategy's ``weights`` given the Gramian (its one copy to the
   host, the compiled solve of :mod:`lightning_mtl.strategies.host_solvers`, the weights back);
@@ -37,8 +37,9 @@ random float32 ``[T, --columns]`` Jacobian (default 2000 columns) for each metho
 Settings: CAGrad ``c = 0.4``; PLOT is CAGrad (``c = 0.5``) with the class preference of
 ``class_counts = 1..T``; FairGrad ``alpha = 1``; EPO with losses ``linspace(0.5, 2, T)``; the
 rest at their defaults (Nash-MTL and FairGrad clip to norm 1). Each strategy and torchjd
-aggregator is built once and called repeatedly, as in training (Nash-MTL warm-starts from its last
-solution, torchjd's re-solves its cvxpy problem built on the first call):
+aggregator is built once and called repeatedly, as in training, each call a new optimizer step
+(Nash-MTL re-solves every step, warm-started from its last solution; torchjd's re-solves its
+cvxpy problem built on the first call):
 
     flock /tmp/cpu.lock python -m benchmarks.solver_cost --compare --json compare.json
 """
@@ -48,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import itertools
 import json
 import statistics
 import time
@@ -63,7 +65,7 @@ from torch import Tensor
 
 import lightning_mtl.strategies as catalogue
 from lightning_mtl.strategies import GradientBalancingStrategy, accelerator_code_paths
-from lightning_mtl.strategies.base import GramianBatch, gramian_of
+from lightning_mtl.strategies.base import GramianBatch, TrainingProgress, gramian_of
 from tests.host_sync import OpCounter
 
 SOLVING_STRATEGIES = (
@@ -82,10 +84,12 @@ SOLVING_STRATEGIES = (
 )
 
 
-def test_jacobian(rows: int, kind: str, device: str, columns: int = 256) -> Tensor:
+def test_jacobian(
+    rows: int, kind: str, device: str, columns: int = 256, variant: int = 0
+) -> Tensor:
     """A float32 Jacobian: ``random`` rows, ``ill_conditioned`` (row norms over 4 decades) or
-    ``collinear`` (rows within 1e-3 of one direction)."""
-    generator = torch.Generator().manual_seed(rows)
+    ``collinear`` (rows within 1e-3 of one direction); ``variant`` draws another of the kind."""
+    generator = torch.Generator().manual_seed(rows + 1000 * variant)
     matrix = torch.randn(rows, columns, generator=generator, dtype=torch.float64)
     if kind == "ill_conditioned":
         matrix = matrix * torch.logspace(-2, 2, rows, dtype=torch.float64)[:, None]
@@ -113,36 +117,48 @@ def objective_names(name: str, rows: int) -> list[str]:
 
 
 def strategy_call(
-    name: str, rows: int, matrix: Tensor, solve_on: str = "device"
+    name: str, rows: int, matrices: list[Tensor], solve_on: str = "device"
 ) -> Callable[[], Tensor]:
-    """``aggregate`` of one ``name`` on ``matrix``, called again and again as in training (EPO
-    gets losses, PLOT class names; stateful strategies warm-start from their last call, as
-    torchjd's Nash-MTL does)."""
-    losses = torch.linspace(0.5, 2.0, rows, device=matrix.device)
+    """``aggregate`` of one ``name``, called again and again as in training: call ``k`` is
+    optimizer step ``k`` on ``matrices[k % len(matrices)]`` (EPO gets losses, PLOT class names;
+    Nash-MTL re-solves every step, warm-started from its last solution)."""
+    losses = torch.linspace(0.5, 2.0, rows, device=matrices[0].device)
     strategy = make_strategy(name, rows, solve_on)
     names = objective_names(name, rows)
+    steps = itertools.count()
 
     def call() -> Tensor:
-        return strategy.aggregate(matrix, losses=losses, names=names)
+        step = next(steps)
+        return strategy.aggregate(
+            matrices[step % len(matrices)],
+            losses=losses,
+            names=names,
+            progress=TrainingProgress(step=step),
+        )
 
     return call
 
 
-def solve_call(name: str, rows: int, matrix: Tensor) -> Callable[[], Tensor]:
+def solve_call(name: str, rows: int, matrices: list[Tensor]) -> Callable[[], Tensor]:
     """The host solve alone: ``name``'s weights given the Gramian (one copy to the host, the
-    compiled solve, the weights back)."""
-    batch = GramianBatch(
-        names=tuple(objective_names(name, rows)),
-        losses=torch.linspace(0.5, 2.0, rows, device=matrix.device),
-        gramian=gramian_of(matrix),
-    )
-
+    compiled solve, the weights back), step ``k`` on the Gramian of ``matrices[k % len]``."""
+    names = tuple(objective_names(name, rows))
+    losses = torch.linspace(0.5, 2.0, rows, device=matrices[0].device)
+    gramians = [gramian_of(matrix) for matrix in matrices]
     strategy = make_strategy(name, rows, "host")
     weighting = strategy.inner if isinstance(strategy, catalogue.SharpnessAware) else strategy
-    weighting.setup(batch.names)
+    weighting.setup(names)
     assert isinstance(weighting, catalogue.GramianWeighting)
+    steps = itertools.count()
 
     def call() -> Tensor:
+        step = next(steps)
+        batch = GramianBatch(
+            names=names,
+            losses=losses,
+            gramian=gramians[step % len(gramians)],
+            progress=TrainingProgress(step=step),
+        )
         return weighting.weights(batch)
 
     return call
@@ -176,7 +192,7 @@ def measure(
     with forced:
         for name in names:
             for rows in sizes:
-                call = strategy_call(name, rows, test_jacobian(rows, kind, device))
+                call = strategy_call(name, rows, [test_jacobian(rows, kind, device)])
                 call()  # warm-up: lazily built state, allocator, kernels
                 counter = OpCounter()
                 with counter:
@@ -211,12 +227,14 @@ COMPARED = (
     "PLOT",
 )
 CAGRAD_C = 0.4
+COMPARED_JACOBIANS = 4  # cycled, so that no warm start meets the problem it just solved
 PLOT_C = 0.5
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-def torchjd_call(name: str, rows: int, matrix: Tensor) -> Callable[[], Tensor] | str:
-    """torchjd's aggregator of ``name`` on ``matrix``, or why there is none."""
+def torchjd_call(name: str, rows: int, matrices: list[Tensor]) -> Callable[[], Tensor] | str:
+    """torchjd's aggregator of ``name``, call ``k`` on ``matrices[k % len]``, or why there is
+    none."""
     constructors: dict[str, Callable[[Any], Any]] = {
         "MGDA": lambda a: a.MGDA(),
         "UPGrad": lambda a: a.UPGrad(),
@@ -232,14 +250,15 @@ def torchjd_call(name: str, rows: int, matrix: Tensor) -> Callable[[], Tensor] |
         import torchjd.aggregation as aggregation
 
         aggregator = constructors[name](aggregation)
-        aggregator(matrix)  # its optional solvers are imported (and cvxpy problems built) here
+        aggregator(matrices[0])  # its optional solvers are imported (cvxpy problems built) here
     except Exception as error:  # a missing optional dependency, reported in the table
         return f"{type(error).__name__}: {error}".splitlines()[0][:120]
+    steps = itertools.count(1)
 
     def call() -> Tensor:
         with warnings.catch_warnings():  # cvxpy warns on every solve of Nash-MTL's problem
             warnings.simplefilter("ignore")
-            return aggregator(matrix)
+            return aggregator(matrices[next(steps) % len(matrices)])
 
     return call
 
@@ -255,12 +274,15 @@ def compare(names: list[str], sizes: list[int], columns: int, repeats: int) -> l
     table = []
     with limits, torch.no_grad():
         for rows in sizes:
-            matrix = test_jacobian(rows, "random", "cpu", columns=columns)
+            matrices = [
+                test_jacobian(rows, "random", "cpu", columns=columns, variant=variant)
+                for variant in range(COMPARED_JACOBIANS)
+            ]
             for name in names:
-                solve_alone = solve_call(name, rows, matrix)
-                aggregate = strategy_call(name, rows, matrix, "host")
-                peer = torchjd_call(name, rows, matrix)  # called once: its warm-up
-                device_path = strategy_call(name, rows, matrix, "device")
+                solve_alone = solve_call(name, rows, matrices)
+                aggregate = strategy_call(name, rows, matrices, "host")
+                peer = torchjd_call(name, rows, matrices)  # called once: its warm-up
+                device_path = strategy_call(name, rows, matrices, "device")
                 for warm_up in (solve_alone, aggregate, device_path):
                     warm_up()
                 row: dict[str, Any] = {

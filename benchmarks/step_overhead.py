@@ -600,7 +600,7 @@ class TorchJD:
     mtl_backward: Callable[..., Any]
     jac_to_grad: Callable[..., Any] | None
     mean: type
-    api: str
+    api: str  # "{}" stands for the aggregator
 
 
 def load_torchjd() -> tuple[TorchJD | None, str]:
@@ -626,13 +626,13 @@ def load_torchjd() -> tuple[TorchJD | None, str]:
 
         version = distribution_version("torchjd")
     if "aggregator" in inspect.signature(mtl_backward).parameters:
-        api = f"{mtl_backward.__module__}.mtl_backward(losses=..., features=..., aggregator=Mean())"
+        api = f"{mtl_backward.__module__}.mtl_backward(losses=..., features=..., aggregator={{}})"
         return TorchJD(version, mtl_backward, None, Mean, api), ""
     try:
         from torchjd.autojac import jac_to_grad
     except ImportError as error:
         return None, f"torchjd {version}: mtl_backward takes no aggregator and {error}"
-    api = "torchjd.autojac.mtl_backward(losses, features=...) + jac_to_grad(trunk, Mean())"
+    api = "torchjd.autojac.mtl_backward(losses, features=...) + jac_to_grad(trunk, {})"
     return TorchJD(version, mtl_backward, jac_to_grad, Mean, api), ""
 
 
@@ -708,7 +708,8 @@ def run_config(
         aggregator = torchjd_aggregator(spec, tasks) if spec else jd.mean()
         backward = torchjd_backward(net, jd, aggregator)
         steps, window = run_loop(net, backward, batches, args, device, precision, probe)
-        result.notes.append(f"torchjd {jd.version}: {jd.api}; always fp32")
+        api = jd.api.format(f"{spec}()" if spec else "Mean()")
+        result.notes.append(f"torchjd {jd.version}: {api}; always fp32")
     else:
         raise ValueError(f"unknown configuration {config!r}")
     quartiles = statistics.quantiles(steps, n=4, method="inclusive") if len(steps) > 1 else None

@@ -574,6 +574,23 @@ def test_aligned_mtl_scale_modes(mode: str) -> None:
         hs.aligned_mtl_weights(gramian, np.ones(6), eps=1e-7, scale_mode="max")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("ratio", [1e-1, 1e-3, 1e-5, 3e-6, 1e-7, 1e-9])
+def test_imtl_g_matches_a_pseudo_inverse_on_both_sides_of_the_rank_cut(ratio: float) -> None:
+    """Spectra from well-conditioned to below the float32 cut (``T · eps = 7.2e-7`` at T = 6):
+    the weights, whether from the Cholesky solve or the eigendecomposition, are numpy's
+    pseudo-inverse at that cut applied to the gradient norms, normalised, or zeros where the
+    norms leave the kept range by more than 1e-3 of their length."""
+    size, eps = 6, float(np.finfo(np.float32).eps)
+    basis, _ = np.linalg.qr(np.random.default_rng(4).standard_normal((size, size)))
+    gramian = basis @ np.diag(np.geomspace(ratio, 1.0, size)) @ basis.T
+    norms = np.sqrt(gramian.diagonal())
+    solution = np.linalg.pinv(gramian, rtol=size * eps, hermitian=True) @ norms
+    expected = solution / abs(solution.sum())
+    if np.linalg.norm(gramian @ solution - norms) > 1e-3 * np.linalg.norm(norms):
+        expected = np.zeros(size)
+    np.testing.assert_allclose(hs.imtl_g_weights(gramian, eps=eps), expected, rtol=1e-6, atol=1e-12)
+
+
 def test_imtl_g_and_aligned_mtl_degenerate_cases() -> None:
     assert hs.imtl_g_weights(np.zeros((3, 3)), eps=1e-7).tolist() == [0.0, 0.0, 0.0]
     assert hs.aligned_mtl_weights(np.zeros((2, 2)), np.ones(2), eps=1e-7).tolist() == [0.0, 0.0]
