@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
 
 class WarmupCosine:
@@ -53,6 +54,31 @@ class WarmupCosine:
         progress = (epoch - self.warmup_epochs) / (self.total_epochs - self.warmup_epochs)
         cosine = (1.0 + math.cos(math.pi * progress)) / 2
         return self.final_ratio + (1.0 - self.final_ratio) * cosine
+
+
+def groups_without_decay_on_biases_and_norms(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], **options: Any
+) -> list[dict[str, Any]]:
+    """Parameter groups that exempt biases and one-dimensional parameters (normalisation scales
+    and shifts) from weight decay, the rule of DINO's ``get_params_groups``, which SimGCD's
+    ``train.py`` and EAGC's ``methods/SimGCD.py`` apply to the backbone and the heads.
+
+    Returns the decayed parameters (the optimizer's ``weight_decay``) and the exempt ones
+    (``weight_decay`` 0), each with ``options`` (e.g. ``lr``); an empty group is left out.
+
+    Example::
+
+        >>> layer = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+        >>> groups = groups_without_decay_on_biases_and_norms(layer.named_parameters(), lr=0.1)
+        >>> [(len(g["params"]), g.get("weight_decay"), g["lr"]) for g in groups]
+        [(1, None, 0.1), (3, 0.0, 0.1)]
+    """
+    decayed: list[nn.Parameter] = []
+    exempt: list[nn.Parameter] = []
+    for name, parameter in named_parameters:
+        (exempt if name.endswith(".bias") or parameter.ndim == 1 else decayed).append(parameter)
+    groups = [{"params": decayed, **options}, {"params": exempt, "weight_decay": 0.0, **options}]
+    return [group for group in groups if group["params"]]
 
 
 def sgd_with_cosine_decay(

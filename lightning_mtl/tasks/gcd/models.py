@@ -22,7 +22,11 @@ from lightning_mtl.objectives import ObjectiveGroups
 from lightning_mtl.strategies.base import GradientBalancingStrategy
 from lightning_mtl.strategies.pgi import PGI
 from lightning_mtl.tasks.common.digits import DigitsEncoder
-from lightning_mtl.tasks.common.optim import WarmupCosine, sgd_with_cosine_decay
+from lightning_mtl.tasks.common.optim import (
+    WarmupCosine,
+    groups_without_decay_on_biases_and_norms,
+    sgd_with_cosine_decay,
+)
 from lightning_mtl.tasks.gcd.data.digits import digits_two_view_augment
 from lightning_mtl.tasks.gcd.eagc import EAGC, ReferenceAnchor
 from lightning_mtl.tasks.gcd.losses.distillation import self_distillation_loss, teacher_temperature
@@ -290,6 +294,10 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
             ``lr`` (EAGC's scripts: 1.0 against the backbone's 0.1). The cosine decay ends at
             ``final_lr_ratio · head_lr`` for every parameter, as the authors' single ``eta_min``.
         weight_decay: SGD weight decay.
+        decay_biases_and_norms: ``False`` (the authors' rule, SimGCD's and EAGC's
+            ``get_params_groups``): biases and one-dimensional parameters (normalisation scales
+            and shifts) are not weight-decayed, in the main phase and EAGC's reference phase;
+            ``True`` decays every parameter.
         final_lr_ratio: the learning rate at the end of the cosine decay, as a fraction of
             ``lr`` (SimGCD: 1e-3; the embedded recipes keep 1%).
         warmup_epochs: epochs of linear learning-rate warm-up before the cosine decay (the PGI
@@ -343,6 +351,7 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         lr: float = 0.05,
         head_lr: float | None = None,
         weight_decay: float = 5e-5,
+        decay_biases_and_norms: bool = False,
         final_lr_ratio: float = 0.01,
         warmup_epochs: int = 0,
         seed: int = 0,
@@ -505,9 +514,14 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         hp = self.hparams
         head = nn.Linear(self.prototypes.in_features, max(hp.num_old, 1), bias=False)
         head = head.to(self.device)
-        parameters = [p for p in self.backbone.parameters() if p.requires_grad]
+        trained = [
+            (name, parameter)
+            for module in (self.backbone, head)
+            for name, parameter in module.named_parameters()
+            if parameter.requires_grad
+        ]
         optimizer = torch.optim.SGD(
-            [*parameters, *head.parameters()],
+            self._weight_decay_groups(trained),
             lr=hp.reference_lr,
             momentum=0.9,
             weight_decay=hp.reference_weight_decay,
@@ -581,14 +595,25 @@ class GCDModule(MultiObjectiveMixin, pl.LightningModule):
         self.test_accuracy.reset()
         self.log_dict({f"test/{name}": value for name, value in result.items()})
 
+    def _weight_decay_groups(
+        self, named: list[tuple[str, nn.Parameter]], lr: float | None = None
+    ) -> list[dict[str, Any]]:
+        """``named`` as parameter groups at ``lr`` (``None``: the optimizer's), its biases and norm
+        parameters exempt from weight decay unless ``decay_biases_and_norms``."""
+        options = {} if lr is None else {"lr": lr}
+        if self.hparams.decay_biases_and_norms:
+            return [{"params": [parameter for _, parameter in named], **options}]
+        return groups_without_decay_on_biases_and_norms(named, **options)
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         head_lr = hp.lr if hp.head_lr is None else hp.head_lr
         heads = [self.adapter, self.projector, self.prototypes, self.swav_prototypes]
         head_ids = {id(p) for head in heads if head is not None for p in head.parameters()}
+        named = list(self.named_parameters())
         groups = [
-            {"params": [p for p in self.parameters() if id(p) not in head_ids], "lr": hp.lr},
-            {"params": [p for p in self.parameters() if id(p) in head_ids], "lr": head_lr},
+            *self._weight_decay_groups([(n, p) for n, p in named if id(p) not in head_ids], hp.lr),
+            *self._weight_decay_groups([(n, p) for n, p in named if id(p) in head_ids], head_lr),
         ]
         return sgd_with_cosine_decay(
             self,

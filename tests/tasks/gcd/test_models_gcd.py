@@ -141,6 +141,66 @@ def test_bad_arguments_are_rejected() -> None:
         GCDModule(eagc=EAGC(feature_dim=64), reference_epochs=0)
 
 
+# The digits GCD model's parameters a weight decay must spare under the authors' rule (SimGCD's
+# train.py and EAGC's methods/SimGCD.py: DINO's get_params_groups exempts "*.bias" and every
+# one-dimensional parameter): the biases, and the batch norm's scale (backbone.7.weight).
+_EXEMPT_FROM_DECAY = {
+    "backbone.0.bias",
+    "backbone.2.bias",
+    "backbone.6.bias",
+    "backbone.7.weight",
+    "backbone.7.bias",
+    "adapter.0.bias",
+    "projector.0.bias",
+    "projector.2.bias",
+    "projector.4.bias",
+}
+_HEADS = ("adapter.", "projector.", "prototypes.")
+
+
+@pytest.mark.parametrize("decay_biases_and_norms", [False, True])
+def test_weight_decay_spares_biases_and_norm_parameters_as_the_authors_code_does(
+    decay_biases_and_norms: bool,
+) -> None:
+    lr, head_lr, weight_decay = 0.05, 0.5, 0.01
+    model = GCDModule(
+        lr=lr,
+        head_lr=head_lr,
+        weight_decay=weight_decay,
+        feature_adapter=True,
+        decay_biases_and_norms=decay_biases_and_norms,
+    )
+    model.trainer = pl.Trainer(max_epochs=10, logger=False, enable_checkpointing=False)
+    optimizer = model.configure_optimizers()["optimizer"]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    # With a zero gradient, SGD's first step (momentum buffer = the decayed gradient) is
+    # p ← p − rate · weight_decay · p: the decay alone.
+    for name, parameter in model.named_parameters():
+        rate = head_lr if name.startswith(_HEADS) else lr
+        decayed = decay_biases_and_norms or name not in _EXEMPT_FROM_DECAY
+        factor = 1 - rate * weight_decay if decayed else 1.0
+        torch.testing.assert_close(parameter.detach(), before[name] * factor, msg=name)
+
+
+def test_eagc_reference_phase_spares_biases_and_norm_parameters_from_decay() -> None:
+    model = GCDModule(eagc=EAGC(feature_dim=64), reference_weight_decay=0.01, reference_lr=0.1)
+    model.trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False)
+    before = {name: p.detach().clone() for name, p in model.backbone.named_parameters()}
+    zero_images = torch.zeros(2, 1, 8, 8)
+    # Freeze the batch statistics and zero every gradient: the phase's one step is the decay.
+    model.backbone.eval()
+    model.backbone.train = lambda mode=True: model.backbone  # type: ignore[method-assign]
+    for parameter in model.backbone.parameters():
+        parameter.register_hook(torch.zeros_like)
+    model.train_reference([(zero_images, torch.tensor([0, 1]), torch.tensor([0, 1]))], epochs=1)
+    for name, parameter in model.backbone.named_parameters():
+        factor = 1.0 if f"backbone.{name}" in _EXEMPT_FROM_DECAY else 1 - 0.1 * 0.01
+        torch.testing.assert_close(parameter.detach(), before[name] * factor, msg=name)
+
+
 def test_short_fit_under_pgi_learns_the_old_classes(single_thread: None) -> None:
     torch.manual_seed(0)
     trainer = make_trainer(max_epochs=3)
