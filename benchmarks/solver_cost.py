@@ -34,9 +34,9 @@ them, taken in turn, one per call) for each method of ``COMPARED``:
 * ``device_path``: ``strategy.aggregate(J)`` with ``solve_on="device"`` (torch ops; on the CPU
   the solvers stop once converged).
 
-PCGrad and GradVac solve nothing over the weights (their projections are a few float64 ops on
-the ``[T, T]`` Gramian, with one code path), so they have only ``host_aggregate`` and
-``torchjd``.
+PCGrad, GradVac and GradDrop solve nothing over the weights (PCGrad's and GradVac's projections
+are a few float64 ops on the ``[T, T]`` Gramian, GradDrop masks the Jacobian's entries), with one
+code path, so they have only ``host_aggregate`` and ``torchjd``.
 
 Settings: CAGrad ``c = 0.4``; PLOT is CAGrad (``c = 0.5``) with the class preference of
 ``class_counts = 1..T``; FairGrad ``alpha = 1``; EPO with losses ``linspace(0.5, 2, T)``; the
@@ -231,6 +231,7 @@ COMPARED = (
     "PLOT",
     "PCGrad",
     "GradVac",
+    "GradDrop",
 )
 CAGRAD_C = 0.4
 COMPARED_JACOBIANS = 4  # cycled, so that no warm start meets the problem it just solved
@@ -252,6 +253,7 @@ def torchjd_call(name: str, rows: int, matrices: list[Tensor]) -> Callable[[], T
         "FairGrad": lambda a: a.FairGrad(alpha=1.0),
         "PCGrad": lambda a: a.PCGrad(),
         "GradVac": lambda a: a.GradVac(beta=GRADVAC_BETA),
+        "GradDrop": lambda a: a.GradDrop(),  # leak 0 and f the identity, as ours
     }
     if name not in constructors:
         return "torchjd has no such aggregator"
