@@ -193,3 +193,20 @@ def test_one_step_through_lightning_writes_the_projected_sum() -> None:
     projected = reference_projections(rows, order_at(4, 0, 3))
     torch.testing.assert_close(change, projected.sum(0).float())
     assert (change - rows.sum(0)).norm() > 0.1 * rows.sum(0).norm()
+
+
+@pytest.mark.parametrize("columns", [1, 4_099, 70_001])
+def test_the_float64_passes_over_many_blocks_are_the_whole_matrix_in_float64(columns: int) -> None:
+    # On the CPU the surgery's two passes widen 2^16 entries at a time into one reused buffer:
+    # 70,001 columns of 5 rows make six blocks, the last one partial. The reference widens the
+    # whole matrix at once. The first two rows nearly cancel.
+    from lightning_mtl.strategies._gradient_surgery import combine, float64_gramian
+
+    generator = torch.Generator().manual_seed(columns)
+    base = torch.randn(1, columns, generator=generator)
+    jacobian = torch.cat([base, base * (1 + 2**-20), torch.randn(3, columns, generator=generator)])
+    wide = jacobian.double()
+    torch.testing.assert_close(float64_gramian(jacobian), wide @ wide.T, rtol=1e-13, atol=0.0)
+    weights = torch.tensor([1.0, -1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    expected = (weights @ wide).float()  # the difference of the two rows, exact in float64
+    torch.testing.assert_close(combine(weights, jacobian), expected, rtol=0.0, atol=0.0)
