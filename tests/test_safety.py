@@ -140,11 +140,18 @@ def test_sharpness_aware_with_a_nan_perturbing_loss_leaves_the_weights_finite() 
     assert torch.isfinite(flat_params(module)).all() and module.trainer.global_step == 3
 
 
-class NanOnRankOne(pl.LightningDataModule):
+class HalvesPerRank(pl.LightningDataModule):
+    """Each of two processes trains on its own half of the 32 samples."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
     def train_dataloader(self) -> DataLoader:
         half = slice(16 * self.trainer.global_rank, 16 * (self.trainer.global_rank + 1))
         x, y = DATA.tensors
-        return DataLoader(torch.utils.data.TensorDataset(x[half], y[half]), batch_size=4)
+        dataset = torch.utils.data.TensorDataset(x[half], y[half])
+        return DataLoader(dataset, batch_size=self.batch_size)
 
 
 class PoisonRankOne(TinyModule):
@@ -170,7 +177,7 @@ def test_a_nan_on_one_rank_skips_the_step_on_both(tmp_path: Path, strategy: Any)
     trainer = make_trainer(
         max_epochs=1, devices=2, strategy="ddp_spawn", use_distributed_sampler=False
     )
-    trainer.fit(module, datamodule=NanOnRankOne())
+    trainer.fit(module, datamodule=HalvesPerRank(batch_size=4))
     (weights_0, steps_0), (weights_1, steps_1) = (
         torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)
     )
@@ -323,13 +330,6 @@ def test_accumulation_refuses_what_it_cannot_do() -> None:
         Accumulating(MGDA(), 0)
 
 
-class HalvesPerRank(pl.LightningDataModule):
-    def train_dataloader(self) -> DataLoader:
-        half = slice(16 * self.trainer.global_rank, 16 * (self.trainer.global_rank + 1))
-        x, y = DATA.tensors
-        return DataLoader(torch.utils.data.TensorDataset(x[half], y[half]), batch_size=8)
-
-
 class SavesWeights(Accumulating):
     def on_train_end(self) -> None:
         if self.trainer.global_rank == 0:
@@ -345,7 +345,7 @@ def test_accumulation_under_two_process_ddp_equals_one_step(tmp_path: Path, make
     trainer = make_trainer(
         max_steps=1, devices=2, strategy="ddp_spawn", use_distributed_sampler=False
     )
-    trainer.fit(module, datamodule=HalvesPerRank())
+    trainer.fit(module, datamodule=HalvesPerRank(batch_size=8))
     torch.testing.assert_close(
         torch.load(tmp_path / "weights.pt", weights_only=True), whole, rtol=1e-6, atol=1e-6
     )

@@ -22,7 +22,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -333,7 +333,25 @@ def strategy_from_config(config: Mapping[str, Any]) -> GradientBalancingStrategy
     return cls(**arguments)
 
 
-class LossWeighting(GradientBalancingStrategy):
+BatchT = TypeVar("BatchT", bound=ObjectiveBatch)
+
+
+class Weighting(GradientBalancingStrategy, Generic[BatchT]):
+    """The weighting kinds (:class:`LossWeighting`, :class:`GramianWeighting`): ``[T]`` weights
+    from what a ``BatchT`` holds; the update is ``Σ_t w_t g_t``. Calling the strategy returns
+    :meth:`weights` and keeps them for :meth:`log_values`."""
+
+    @abstractmethod
+    def weights(self, batch: BatchT) -> Tensor:
+        """Return ``[T]`` weights; the update is ``Σ_t w_t g_t``."""
+
+    def __call__(self, batch: BatchT) -> Tensor:
+        weights = self.weights(batch)
+        self.record_weights(batch.names, weights)
+        return weights
+
+
+class LossWeighting(Weighting[LossBatch]):
     """A strategy that weighs the objectives from their values alone: one backward pass of
     ``Σ_t w_t L_t``, so its cost is that of a plain training step.
 
@@ -348,16 +366,6 @@ class LossWeighting(GradientBalancingStrategy):
     def requirement(self) -> Requirement:
         return Requirement.LOSSES
 
-    @abstractmethod
-    def weights(self, batch: LossBatch) -> Tensor:
-        """Return ``[T]`` weights; the update is ``Σ_t w_t ∇L_t``."""
-
-    def __call__(self, batch: LossBatch) -> Tensor:
-        """:meth:`weights`, kept for :meth:`log_values`."""
-        weights = self.weights(batch)
-        self.record_weights(batch.names, weights)
-        return weights
-
     def _combine_rows(
         self,
         jacobian: Tensor,
@@ -369,7 +377,7 @@ class LossWeighting(GradientBalancingStrategy):
         return weights.to(jacobian.dtype) @ jacobian
 
 
-class GramianWeighting(GradientBalancingStrategy):
+class GramianWeighting(Weighting[GramianBatch]):
     """A strategy that weighs the objectives from the Gramian ``G = J Jᵀ`` of their gradients:
     the update is ``wᵀ J``. A subclass implements :meth:`weights`.
     """
@@ -377,16 +385,6 @@ class GramianWeighting(GradientBalancingStrategy):
     @property
     def requirement(self) -> Requirement:
         return Requirement.GRAMIAN
-
-    @abstractmethod
-    def weights(self, batch: GramianBatch) -> Tensor:
-        """Return ``[T]`` weights; the update is ``Σ_t w_t g_t``."""
-
-    def __call__(self, batch: GramianBatch) -> Tensor:
-        """:meth:`weights`, kept for :meth:`log_values`."""
-        weights = self.weights(batch)
-        self.record_weights(batch.names, weights)
-        return weights
 
     def _combine_rows(
         self,
